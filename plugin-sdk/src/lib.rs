@@ -131,7 +131,7 @@ mod types;
 
 pub use types::{
     Action, Fields, LogEntry, PluginInfo, Request, RequestBuilder, RequestEdits, Response,
-    ResponseEdits, ResponseHead, find_header,
+    ResponseEdits, ResponseHead, find_header, form_decode,
 };
 
 #[cfg(target_arch = "wasm32")]

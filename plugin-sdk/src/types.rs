@@ -121,6 +121,21 @@ impl Request {
         })
     }
 
+    /// Every query parameter, percent-decoded, in order.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        let Some(query) = self.query.as_deref() else {
+            return Vec::new();
+        };
+        query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (form_decode(k), form_decode(v))
+            })
+            .collect()
+    }
+
     /// Value of cookie `name` from the `cookie` header(s).
     pub fn cookie(&self, name: &str) -> Option<&str> {
         self.header_all("cookie")
@@ -150,8 +165,9 @@ impl Request {
     }
 }
 
-/// Decodes `application/x-www-form-urlencoded` text (`%XX` and `+`). Invalid escapes are kept.
-fn form_decode(s: &str) -> String {
+/// Decodes one `application/x-www-form-urlencoded` query component (`%XX` and `+`). Invalid
+/// escapes are kept as written; invalid UTF-8 becomes U+FFFD.
+pub fn form_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
