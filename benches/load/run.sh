@@ -1,0 +1,543 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: Weir against nginx, HAProxy and the bare upstream, on this machine.
+#
+# Method (GUIDE.md §5): proxy under test pinned to CPU 0, wrk and the hyper hello upstream pinned to
+# CPU 1; contenders alternate A B C A B C … inside every round so that noise from the shared VM
+# spreads over all of them; each run gets a fresh proxy process and a warm-up; the report gives
+# medians with min–max. Past ~43k RPS the load side (CPU 1) is the bottleneck, so the proxy's CPU
+# time per 1,000 requests is the fair comparison there, and it is recorded for every run.
+#
+# Usage:
+#   benches/load/run.sh                                  # everything, 5 rounds × 10 s × c64, c8
+#   DURATION=5s ROUNDS=2 CONTENDERS="direct nginx haproxy" benches/load/run.sh
+#   MODE=tls CONTENDERS="nginx weir-plain" benches/load/run.sh
+#
+# Environment:
+#   MODE        plain (default) | tls   — tls: the proxy terminates TLS (self-signed, made here);
+#                                         scenarios "keepalive" and "handshake" (Connection: close,
+#                                         so every request is a full TLS handshake).
+#   DURATION    wrk measuring time per run (default 10s)      WARMUP   warm-up per run (default 2s)
+#   ROUNDS      rounds of alternated runs (default 5)         CONNS    connection counts ("64 8")
+#   CONTENDERS  subset of: direct nginx haproxy weir-plain weir-noop weir-chain (tls: no direct)
+#   BODY_BYTES  upstream body size (default 1024)
+#   CERT_ALG    tls mode certificate: rsa (RSA-2048, default) | ec (ECDSA P-256)
+#   NO_BUILD=1  do not run cargo (use the binaries already built)
+#   WEIR_BIN    gateway binary (default target/release/weir)
+#   WEIR_ARGS   its arguments, @CONFIG@ replaced by the rendered config (default "--config @CONFIG@")
+#   PLUGIN_DIR  where the .wasm policies are (default plugins/target/wasm32-wasip2/release)
+#   OUT         report path (default benches/load/results[-tls]-<date>.md)
+#   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk output) and print its path
+#
+# Weir contenders are skipped, with the reason, when the binary does not build or start, or when a
+# .wasm policy they need is missing; the other contenders still run.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+MODE=${MODE:-plain}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+ROUNDS=${ROUNDS:-5}
+CONNS=${CONNS:-"64 8"}
+BODY_BYTES=${BODY_BYTES:-1024}
+NO_BUILD=${NO_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+PROXY_CPU=0
+LOAD_CPU=1
+UPSTREAM_PORT=${UPSTREAM_PORT:-18000}
+WEIR_PORT=${WEIR_PORT:-18080}
+NGINX_PORT=${NGINX_PORT:-18081}
+HAPROXY_PORT=${HAPROXY_PORT:-18082}
+WEIR_BIN=${WEIR_BIN:-$ROOT/target/release/weir}
+WEIR_ARGS=${WEIR_ARGS:-"--config @CONFIG@"}
+PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/plugins/target/wasm32-wasip2/release}
+BENCH_TARGET=$ROOT/target/bench-tools
+UPSTREAM_BIN=$BENCH_TARGET/release/hello-upstream
+CLK_TCK=$(getconf CLK_TCK)
+HMAC_SECRET="weir-bench-hs256-secret-0123456789abcdef"
+
+case "$MODE" in
+plain)
+    ALL_CONTENDERS="direct nginx haproxy weir-plain weir-noop weir-chain"
+    SCENARIOS="keepalive"
+    SCHEME=http
+    ;;
+tls)
+    ALL_CONTENDERS="nginx haproxy weir-plain weir-noop weir-chain"
+    SCENARIOS="keepalive handshake"
+    SCHEME=https
+    ;;
+*)
+    echo "MODE must be plain or tls, not '$MODE'" >&2
+    exit 2
+    ;;
+esac
+CONTENDERS=${CONTENDERS:-$ALL_CONTENDERS}
+for c in $CONTENDERS; do
+    [[ " $ALL_CONTENDERS " == *" $c "* ]] || {
+        echo "unknown contender '$c' for MODE=$MODE (choose from: $ALL_CONTENDERS)" >&2
+        exit 2
+    }
+done
+STAMP=$(date +%Y-%m-%d-%H%M)
+if [[ $MODE == tls ]]; then
+    OUT=${OUT:-$HERE/results-tls-$STAMP.md}
+else
+    OUT=${OUT:-$HERE/results-$STAMP.md}
+fi
+
+log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# Process bookkeeping: every process this script starts is recorded and stopped on exit.
+TMP=$(mktemp -d /tmp/weir-load.XXXXXX)
+chmod 755 "$TMP" # nginx workers drop root privileges and still need their temp paths
+STARTED=()
+UPSTREAM_PID=""
+
+stop_pid() {
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+    if [[ $KEEP_TMP == 1 ]]; then
+        log "kept temp dir $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The process and all its descendants (nginx: master + worker).
+pid_tree() {
+    local child
+    echo "$1"
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do pid_tree "$child"; done
+}
+
+# utime + stime (clock ticks) summed over the process tree; threads are included by the kernel.
+proc_ticks() {
+    local total=0 pid stat fields
+    for pid in $(pid_tree "$1"); do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        stat=${stat##*) } # comm may contain spaces: cut after its closing parenthesis
+        read -r -a fields <<<"$stat"
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+
+# Peak resident set (VmHWM, KiB) summed over the process tree.
+proc_hwm_kb() {
+    local total=0 pid kb
+    for pid in $(pid_tree "$1"); do
+        kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        total=$((total + ${kb:-0}))
+    done
+    echo "$total"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools and builds.
+install_tools() {
+    local need=()
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v curl >/dev/null || need+=(curl)
+    command -v openssl >/dev/null || need+=(openssl)
+    command -v python3 >/dev/null || need+=(python3)
+    command -v taskset >/dev/null || need+=(util-linux)
+    if [[ " $CONTENDERS " == *" nginx "* ]] && ! command -v nginx >/dev/null; then
+        need+=(nginx-light)
+    fi
+    if [[ " $CONTENDERS " == *" haproxy "* ]] && ! command -v haproxy >/dev/null; then
+        need+=(haproxy)
+    fi
+    ((${#need[@]})) || return 0
+    log "installing ${need[*]}"
+    apt-get update -qq
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2; then
+        # nginx-light is a Debian-only flavour; plain nginx serves as well.
+        need=("${need[@]/nginx-light/nginx}")
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+    fi
+}
+
+declare -A SKIP=()
+
+wants_weir() { [[ " $CONTENDERS " == *" weir-"* ]]; }
+
+build() {
+    if [[ $NO_BUILD != 1 ]]; then
+        log "building hello-upstream (release, target dir $BENCH_TARGET)"
+        cargo build --release --quiet --manifest-path "$ROOT/benches/hello-upstream/Cargo.toml" \
+            --target-dir "$BENCH_TARGET" >&2
+        if wants_weir; then
+            log "building weir (release)"
+            if ! (cd "$ROOT" && cargo build --release --quiet -p weir >&2); then
+                skip_all_weir "cargo build --release -p weir failed"
+            fi
+        fi
+    fi
+    [[ -x $UPSTREAM_BIN ]] || {
+        echo "missing $UPSTREAM_BIN (run without NO_BUILD=1)" >&2
+        exit 1
+    }
+    if wants_weir && [[ ! -x $WEIR_BIN ]]; then
+        skip_all_weir "no gateway binary at $WEIR_BIN"
+    fi
+}
+
+skip_all_weir() {
+    local c
+    for c in $CONTENDERS; do
+        if [[ $c == weir-* && -z ${SKIP[$c]:-} ]]; then
+            SKIP[$c]=$1
+            log "SKIP $c: $1"
+        fi
+    done
+}
+
+check_plugins() {
+    local c wasm missing
+    declare -A needs=([weir-noop]="noop" [weir-chain]="jwt_auth rate_limit headers")
+    for c in $CONTENDERS; do
+        [[ -n ${needs[$c]:-} && -z ${SKIP[$c]:-} ]] || continue
+        missing=""
+        for wasm in ${needs[$c]}; do
+            [[ -f $PLUGIN_DIR/$wasm.wasm ]] || missing+=" $wasm.wasm"
+        done
+        if [[ -n $missing ]]; then
+            SKIP[$c]="missing policy component(s)${missing} in $PLUGIN_DIR (build them: cd plugins && cargo build --release --target wasm32-wasip2)"
+            log "SKIP $c: ${SKIP[$c]}"
+        fi
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Configuration files, generated once into the temp dir.
+make_token() {
+    HMAC_SECRET=$HMAC_SECRET python3 - <<'PY'
+import base64, hashlib, hmac, json, os, time
+
+def b64(raw):
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+now = int(time.time())
+header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+claims = b64(json.dumps({"sub": "bench", "iat": now, "exp": now + 10 * 365 * 86400},
+                        separators=(",", ":")).encode())
+signing_input = f"{header}.{claims}".encode()
+sig = hmac.new(os.environ["HMAC_SECRET"].encode(), signing_input, hashlib.sha256).digest()
+print(f"{header}.{claims}.{b64(sig)}")
+PY
+}
+
+# RSA-2048 by default: the usual deployed certificate, and its server-side signature dominates a
+# handshake, so the proxy (not wrk's client side) is what saturates. CERT_ALG=ec for ECDSA P-256.
+make_cert() {
+    local keyopts=(-newkey rsa:2048)
+    [[ ${CERT_ALG:-rsa} == ec ]] && keyopts=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+    openssl req -x509 "${keyopts[@]}" -nodes -days 30 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+    cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem"
+}
+
+write_nginx_conf() {
+    local listen="listen 127.0.0.1:$NGINX_PORT;" tls=""
+    if [[ $MODE == tls ]]; then
+        listen="listen 127.0.0.1:$NGINX_PORT ssl;"
+        tls="ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;"
+    fi
+    mkdir -p "$TMP/nginx/logs"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+# Generated by benches/load/run.sh: the settings of GUIDE.md §5.
+daemon off;
+master_process on;
+worker_processes 1;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 10240; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 1000000;
+    upstream hello {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        $listen
+        $tls
+        location / {
+            proxy_pass http://hello;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
+
+write_haproxy_conf() {
+    local bind="bind 127.0.0.1:$HAPROXY_PORT"
+    [[ $MODE == tls ]] && bind+=" ssl crt $TMP/haproxy.pem alpn http/1.1"
+    cat >"$TMP/haproxy.cfg" <<EOF
+# Generated by benches/load/run.sh: the settings of GUIDE.md §5 (no log section on purpose).
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend bench
+    $bind
+    default_backend hello
+backend hello
+    server hello1 127.0.0.1:$UPSTREAM_PORT
+EOF
+}
+
+# In TLS mode the same templates get a `tls` table on the listener (the Weir config format).
+render_weir_conf() {
+    local template="$HERE/$1.toml" out="$TMP/$1.toml" tls_rule=""
+    [[ -f $template ]] || return 1
+    if [[ $MODE == tls ]]; then
+        tls_rule='/^listen = "127.0.0.1:@PORT@"/a tls = { certs = [{ cert = "@CERT@", key = "@KEY@" }] }'
+    fi
+    sed -e "$tls_rule" "$template" | sed -e "s|@PORT@|$WEIR_PORT|g" \
+        -e "s|@UPSTREAM@|127.0.0.1:$UPSTREAM_PORT|g" -e "s|@PLUGIN_DIR@|$PLUGIN_DIR|g" \
+        -e "s|@HMAC_SECRET@|$HMAC_SECRET|g" -e "s|@CERT@|$TMP/cert.pem|g" -e "s|@KEY@|$TMP/key.pem|g" >"$out"
+    echo "$out"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Contenders.
+PROXY_PID=""
+URL=""
+WRK_HEADERS=()
+
+# Polls until URL answers 200 with the expected headers, or the process dies / 15 s pass.
+wait_ready() {
+    local pid=$1 url=$2 code
+    shift 2
+    for _ in $(seq 150); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" || true)
+        [[ $code == 200 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+start_contender() {
+    local c=$1 port cfg args logf="$TMP/$1.log"
+    WRK_HEADERS=()
+    case $c in
+    direct)
+        PROXY_PID=$UPSTREAM_PID
+        URL="http://127.0.0.1:$UPSTREAM_PORT/"
+        return 0
+        ;;
+    nginx)
+        port=$NGINX_PORT
+        taskset -c "$PROXY_CPU" nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" \
+            -e "$TMP/nginx/logs/error.log" >"$logf" 2>&1 &
+        ;;
+    haproxy)
+        port=$HAPROXY_PORT
+        taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy.cfg" >"$logf" 2>&1 &
+        ;;
+    weir-*)
+        port=$WEIR_PORT
+        cfg=$(render_weir_conf "$c") || {
+            SKIP[$c]="no config template $HERE/$c.toml"
+            return 1
+        }
+        args=${WEIR_ARGS//@CONFIG@/$cfg}
+        # shellcheck disable=SC2086 # WEIR_ARGS is a word list on purpose
+        taskset -c "$PROXY_CPU" env RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
+            "$WEIR_BIN" $args >"$logf" 2>&1 &
+        [[ $c == weir-chain ]] && WRK_HEADERS=(-H "Authorization: Bearer $TOKEN")
+        ;;
+    esac
+    PROXY_PID=$!
+    STARTED+=("$PROXY_PID")
+    URL="$SCHEME://127.0.0.1:$port/"
+    if ! wait_ready "$PROXY_PID" "$URL" "${WRK_HEADERS[@]}"; then
+        local why="did not answer 200 on $URL within 15 s" status=0
+        if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+            wait "$PROXY_PID" 2>/dev/null || status=$?
+            why="exited with status $status before serving $URL"
+        fi
+        SKIP[$c]="$why; log: $(tail -n 5 "$logf" | tr '\n' ' ')"
+        log "SKIP $c: ${SKIP[$c]}"
+        stop_contender "$c"
+        return 1
+    fi
+}
+
+stop_contender() {
+    [[ $1 == direct ]] && return 0
+    stop_pid "$PROXY_PID"
+    PROXY_PID=""
+}
+
+# ---------------------------------------------------------------------------------------------
+# One measured run: fresh proxy, warm-up, measured wrk, CPU and RSS from /proc.
+RUNS_TSV=$TMP/runs.tsv
+printf 'round\tscenario\tconns\tcontender\trps\tp50_ms\tp99_ms\trequests\tcpu_ms_per_1k\trss_mib\tnon2xx\tsocket_errors\n' >"$RUNS_TSV"
+
+parse_wrk() {
+    awk '
+    function ms(v) {
+        n = v + 0
+        if (v ~ /us$/) return n / 1000
+        if (v ~ /ms$/) return n
+        if (v ~ /m$/) return n * 60000
+        if (v ~ /s$/) return n * 1000
+        return n
+    }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    / requests in / { reqs = $1 }
+    /^Requests\/sec:/ { rps = $2 }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ { gsub(",", ""); sockerr = $4 + $6 + $8 + $10 }
+    END { printf "%s\t%.3f\t%.3f\t%s\t%d\t%d\n", rps, p50, p99, reqs, non2xx, sockerr }
+    ' "$1"
+}
+
+run_one() {
+    local round=$1 scenario=$2 conns=$3 c=$4
+    local wrkf="$TMP/wrk-$round-$scenario-$conns-$c.txt" extra=()
+    [[ -z ${SKIP[$c]:-} ]] || return 0
+    log "round $round $scenario c$conns $c ..."
+    start_contender "$c" || return 0
+    [[ $scenario == handshake ]] && extra=(-H "Connection: close")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$WARMUP" "${WRK_HEADERS[@]}" "${extra[@]}" \
+        "$URL" >/dev/null
+    local t0 t1
+    t0=$(proc_ticks "$PROXY_PID")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$DURATION" --latency \
+        "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >"$wrkf"
+    t1=$(proc_ticks "$PROXY_PID")
+    local rss_kb
+    rss_kb=$(proc_hwm_kb "$PROXY_PID")
+    stop_contender "$c"
+
+    local rps p50 p99 reqs non2xx sockerr cpu
+    IFS=$'\t' read -r rps p50 p99 reqs non2xx sockerr < <(parse_wrk "$wrkf")
+    if [[ -z $reqs || $reqs == 0 ]]; then
+        log "run $round $scenario c$conns $c: wrk made no request; output in $wrkf"
+        return 0
+    fi
+    cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" \
+        'BEGIN { printf "%.2f", (d / hz * 1000) / (n / 1000) }')
+    local rss
+    rss=$(awk -v k="$rss_kb" 'BEGIN { printf "%.1f", k / 1024 }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$scenario" "$conns" "$c" \
+        "$rps" "$p50" "$p99" "$reqs" "$cpu" "$rss" "$non2xx" "$sockerr" >>"$RUNS_TSV"
+    local warn=""
+    ((non2xx + sockerr > 0)) && warn="  (!! non-2xx $non2xx, socket errors $sockerr)"
+    log "round $round $scenario c$conns $c: $rps rps, p50 ${p50} ms, p99 ${p99} ms, ${cpu} CPU-ms/1k, ${rss} MiB$warn"
+}
+
+# ---------------------------------------------------------------------------------------------
+main() {
+    install_tools
+    build
+    check_plugins
+    TOKEN=$(make_token)
+    [[ $MODE == tls ]] && make_cert
+    write_nginx_conf
+    write_haproxy_conf
+
+    local p
+    for p in "$UPSTREAM_PORT" "$WEIR_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
+        if port_in_use "$p"; then
+            echo "port $p is already in use on 127.0.0.1; set *_PORT to free ones" >&2
+            exit 1
+        fi
+    done
+
+    taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" \
+        --body-bytes "$BODY_BYTES" >"$TMP/upstream.log" 2>&1 &
+    UPSTREAM_PID=$!
+    STARTED+=("$UPSTREAM_PID")
+    wait_ready "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/" || {
+        echo "hello-upstream did not start: $(cat "$TMP/upstream.log")" >&2
+        exit 1
+    }
+
+    local load_before
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    if awk '{ exit !($1 > 1.0) }' /proc/loadavg; then
+        log "WARNING: load average $load_before: other work competes for both CPUs; expect low, noisy figures"
+    fi
+    log "MODE=$MODE DURATION=$DURATION ROUNDS=$ROUNDS CONNS='$CONNS' CONTENDERS='$CONTENDERS' (load avg $load_before)"
+    local round scenario conns c
+    for round in $(seq "$ROUNDS"); do
+        for scenario in $SCENARIOS; do
+            for conns in $CONNS; do
+                for c in $CONTENDERS; do
+                    run_one "$round" "$scenario" "$conns" "$c"
+                done
+            done
+        done
+    done
+
+    local meta="$TMP/meta.md" commit
+    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git -C "$ROOT" diff --quiet HEAD -- gateway plugins 2>/dev/null || commit+=" (+ uncommitted changes)"
+    {
+        echo "# Weir load benchmark, MODE=$MODE, $(date '+%Y-%m-%d %H:%M %Z')"
+        echo
+        echo "Generated by \`benches/load/run.sh\`. Proxy pinned to CPU $PROXY_CPU; wrk and hello-upstream"
+        echo "(${BODY_BYTES}-byte body) pinned to CPU $LOAD_CPU. \`wrk -t1 -cN -d$DURATION --latency\` after a $WARMUP"
+        echo "warm-up, each run on a fresh proxy process, contenders alternated within each of $ROUNDS round(s)."
+        echo "Cells: median (min–max). CPU-ms / 1k req = proxy utime+stime per 1,000 requests (for"
+        echo "\`direct\`: the upstream's own). Peak RSS = VmHWM summed over the proxy's processes."
+        [[ $MODE == tls ]] && echo "Scenario \"handshake\": \`Connection: close\` on every request, so RPS = full TLS handshakes/s (certificate: ${CERT_ALG:-rsa}; wrk does not resume sessions)."
+        echo
+        echo "- commit: $commit; host: $(nproc) CPUs, $(uname -r)"
+        echo "- load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the VM skews results)"
+        echo "- wrk: $(wrk -v 2>&1 | head -n1 | cut -c1-60)"
+        command -v nginx >/dev/null && echo "- nginx: $(nginx -v 2>&1)"
+        command -v haproxy >/dev/null && echo "- haproxy: $(haproxy -v 2>&1 | head -n1)"
+        for c in $CONTENDERS; do
+            [[ -n ${SKIP[$c]:-} ]] && echo "- **skipped $c**: ${SKIP[$c]}"
+        done
+        echo
+    } >"$meta"
+    python3 "$HERE/summarize.py" "$RUNS_TSV" "$meta" >"$OUT"
+    cat "$OUT"
+    log "report written to $OUT"
+}
+
+main "$@"
