@@ -93,24 +93,39 @@ log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # Process bookkeeping: every process this script starts is recorded and stopped on exit.
 TMP=$(mktemp -d /tmp/weir-load.XXXXXX)
 chmod 755 "$TMP" # nginx workers drop root privileges and still need their temp paths
-STARTED=()
+declare -A STARTED=() # pid -> 1 while it may be alive; forgotten once reaped (pids get reused)
 UPSTREAM_PID=""
 
 stop_pid() {
     local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
+    unset "STARTED[$pid]"
+    if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || true
+        return 0
+    fi
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
     wait "$pid" 2>/dev/null || true
+}
+
+# Runs a command in the background and waits for it: bash defers INT/TERM traps while a foreground
+# child runs, so this keeps Ctrl-C immediate (and the child is stopped by cleanup).
+run_wait() {
+    "$@" &
+    local pid=$! status=0
+    STARTED[$pid]=1
+    wait "$pid" || status=$?
+    unset "STARTED[$pid]"
+    return "$status"
 }
 
 cleanup() {
     local pid
-    for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+    for pid in "${!STARTED[@]}"; do stop_pid "$pid"; done
     if [[ $KEEP_TMP == 1 ]]; then
         log "kept temp dir $TMP"
     else
@@ -387,7 +402,7 @@ start_contender() {
         ;;
     esac
     PROXY_PID=$!
-    STARTED+=("$PROXY_PID")
+    STARTED[$PROXY_PID]=1
     URL="$SCHEME://127.0.0.1:$port/"
     if ! wait_ready "$PROXY_PID" "$URL" "${WRK_HEADERS[@]}"; then
         local why="did not answer 200 on $URL within 15 s" status=0
@@ -440,12 +455,12 @@ run_one() {
     log "round $round $scenario c$conns $c ..."
     start_contender "$c" || return 0
     [[ $scenario == handshake ]] && extra=(-H "Connection: close")
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$WARMUP" "${WRK_HEADERS[@]}" "${extra[@]}" \
-        "$URL" >/dev/null
+    run_wait taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$WARMUP" "${WRK_HEADERS[@]}" "${extra[@]}" \
+        "$URL" >/dev/null || log "warm-up wrk failed"
     local t0 t1
     t0=$(proc_ticks "$PROXY_PID")
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$DURATION" --latency \
-        "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >"$wrkf"
+    run_wait taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$DURATION" --latency \
+        "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >"$wrkf" || log "wrk failed: $(tail -n 3 "$wrkf")"
     t1=$(proc_ticks "$PROXY_PID")
     local rss_kb
     rss_kb=$(proc_hwm_kb "$PROXY_PID")
@@ -489,7 +504,7 @@ main() {
     taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" \
         --body-bytes "$BODY_BYTES" >"$TMP/upstream.log" 2>&1 &
     UPSTREAM_PID=$!
-    STARTED+=("$UPSTREAM_PID")
+    STARTED[$UPSTREAM_PID]=1
     wait_ready "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/" || {
         echo "hello-upstream did not start: $(cat "$TMP/upstream.log")" >&2
         exit 1
