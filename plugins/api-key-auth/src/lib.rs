@@ -77,10 +77,14 @@ impl ApiKeyAuth {
     }
 
     fn find_key(&self, req: &Request) -> Option<(String, Source)> {
-        if let Some(h) = &self.header {
-            if let Some(v) = req.header(h).map(str::trim).filter(|v| !v.is_empty()) {
-                return Some((v.to_string(), Source::Header));
-            }
+        if let Some(v) = self
+            .header
+            .as_deref()
+            .and_then(|h| req.header(h))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            return Some((v.to_string(), Source::Header));
         }
         let q = self.query.as_deref()?;
         req.query_param(q)
@@ -103,7 +107,10 @@ impl ApiKeyAuth {
             Ok(entry) if !entry.consumer.is_empty() => Ok(Some(entry)),
             Ok(_) | Err(_) => {
                 // A broken record must not authenticate anyone; the operator needs to know.
-                log::error("api key record in kv is not {\"consumer\", \"groups\"} JSON", &[]);
+                log::error(
+                    "api key record in kv is not {\"consumer\", \"groups\"} JSON",
+                    &[],
+                );
                 Ok(None)
             }
         }
@@ -131,7 +138,9 @@ impl Policy for ApiKeyAuth {
         let header = cfg.header.filter(|h| !h.trim().is_empty());
         let query = cfg.query.filter(|q| !q.trim().is_empty());
         if header.is_none() && query.is_none() {
-            return Err("set `header` and/or `query`: there is nowhere to read the key from".into());
+            return Err(
+                "set `header` and/or `query`: there is nowhere to read the key from".into(),
+            );
         }
         if cfg.keys.is_empty() && !cfg.kv {
             return Err("no keys: fill `keys` or set `kv = true`".into());
@@ -167,8 +176,12 @@ impl Policy for ApiKeyAuth {
             Ok(None) => return self.unauthorized("unknown API key"),
             Err(e) => {
                 log::error("api key store unavailable", &[("error", &e)]);
-                return Response::problem(503, "Service Unavailable", "cannot check API keys right now")
-                    .into();
+                return Response::problem(
+                    503,
+                    "Service Unavailable",
+                    "cannot check API keys right now",
+                )
+                .into();
             }
         };
         context::set("consumer", &entry.consumer);
@@ -209,7 +222,10 @@ mod tests {
         let a = h.on_request(Request::get("/").header("X-Api-Key", "k1"));
         assert_eq!(a.edits().unwrap().remove_headers, vec!["x-api-key"]);
         assert_eq!(h.context_get("consumer").as_deref(), Some("alice"));
-        assert_eq!(h.context_get("consumer.groups").as_deref(), Some("admin,ops"));
+        assert_eq!(
+            h.context_get("consumer.groups").as_deref(),
+            Some("admin,ops")
+        );
         h.on_request(Request::get("/").header("x-api-key", "k2"));
         assert_eq!(h.context_get("consumer").as_deref(), Some("bob"));
         assert_eq!(h.context_get("consumer.groups"), None);
@@ -236,13 +252,21 @@ mod tests {
 
     #[test]
     fn query_key_is_stripped_from_the_query() {
-        let mut h = harness(json!({ "query": "api_key", "keys": { "k/1": { "consumer": "alice" } } }));
+        let mut h =
+            harness(json!({ "query": "api_key", "keys": { "k/1": { "consumer": "alice" } } }));
         let a = h.on_request(Request::get("/x?a=1&api_key=k%2F1&b=2"));
         assert_eq!(a.edits().unwrap().query.as_deref(), Some("a=1&b=2"));
         let a = h.on_request(Request::get("/x?api_key=k%2F1"));
         assert_eq!(a.edits().unwrap().query.as_deref(), Some(""));
-        let mut keep = harness(json!({ "query": "api_key", "hide_credentials": false, "keys": { "k": { "consumer": "c" } } }));
-        assert!(keep.on_request(Request::get("/x?api_key=k")).edits().unwrap().is_empty());
+        let mut keep = harness(
+            json!({ "query": "api_key", "hide_credentials": false, "keys": { "k": { "consumer": "c" } } }),
+        );
+        assert!(
+            keep.on_request(Request::get("/x?api_key=k"))
+                .edits()
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -250,7 +274,10 @@ mod tests {
         MockHost::kv_put("apikey:dyn", r#"{"consumer":"carol","groups":["beta"]}"#);
         MockHost::kv_put("apikey:broken", "not json");
         let mut h = harness(json!({ "kv": true, "header": "authorization-key" }));
-        assert!(h.on_request(Request::get("/").header("authorization-key", "dyn")).is_continue());
+        assert!(
+            h.on_request(Request::get("/").header("authorization-key", "dyn"))
+                .is_continue()
+        );
         assert_eq!(h.context_get("consumer").as_deref(), Some("carol"));
         assert_eq!(h.context_get("consumer.groups").as_deref(), Some("beta"));
         let a = h.on_request(Request::get("/").header("authorization-key", "broken"));
@@ -264,7 +291,10 @@ mod tests {
     fn config_keys_win_and_store_failure_is_503() {
         MockHost::kv_fail(Some("redis down"));
         let mut h = harness(json!({ "kv": true, "keys": { "static": { "consumer": "s" } } }));
-        assert!(h.on_request(Request::get("/").header("x-api-key", "static")).is_continue());
+        assert!(
+            h.on_request(Request::get("/").header("x-api-key", "static"))
+                .is_continue()
+        );
         let a = h.on_request(Request::get("/").header("x-api-key", "other"));
         assert_eq!(a.response().unwrap().status, 503);
     }
@@ -273,8 +303,13 @@ mod tests {
     fn config_errors() {
         let err = |v: Value| Harness::<ApiKeyAuth>::new(v).err().unwrap();
         assert!(err(json!({})).contains("no keys"));
-        assert!(err(json!({ "header": "", "keys": { "k": { "consumer": "a" } } })).contains("nowhere"));
+        assert!(
+            err(json!({ "header": "", "keys": { "k": { "consumer": "a" } } })).contains("nowhere")
+        );
         assert!(err(json!({ "keys": { "k": { "consumer": "" } } })).contains("keys.k"));
-        assert!(err(json!({ "keys": { "k": { "consumer": "a", "group": [] } } })).contains("unknown field `group`"));
+        assert!(
+            err(json!({ "keys": { "k": { "consumer": "a", "group": [] } } }))
+                .contains("unknown field `group`")
+        );
     }
 }

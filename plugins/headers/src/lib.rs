@@ -99,7 +99,11 @@ impl Template {
                     }
                     parts.push(Part::Var(name.to_string()));
                 }
-                '}' => return Err(format!("unmatched `}}` in template {text:?} (write `}}}}`)")),
+                '}' => {
+                    return Err(format!(
+                        "unmatched `}}` in template {text:?} (write `}}}}`)"
+                    ));
+                }
                 c => lit.push(c),
             }
         }
@@ -158,7 +162,8 @@ impl Ops {
     fn from_config(cfg: OpsConfig, side: &str) -> Result<Self, String> {
         let mut ops = Ops::default();
         for (name, value) in cfg.set {
-            let template = Template::parse(&value).map_err(|e| format!("{side}.set.{name}: {e}"))?;
+            let template =
+                Template::parse(&value).map_err(|e| format!("{side}.set.{name}: {e}"))?;
             ops.set.push((checked_name(&name, side, "set")?, template));
         }
         for (name, values) in cfg.add {
@@ -274,7 +279,13 @@ mod tests {
         assert!(Template::parse("{open").is_err());
         assert!(Template::parse("close}").is_err());
         assert!(Template::parse("{}").is_err());
-        assert_eq!(Template::parse("plain").unwrap().render(&|_| None).as_deref(), Some("plain"));
+        assert_eq!(
+            Template::parse("plain")
+                .unwrap()
+                .render(&|_| None)
+                .as_deref(),
+            Some("plain")
+        );
     }
 
     #[test]
@@ -297,7 +308,10 @@ mod tests {
             e.set_headers,
             vec![pair("x-consumer", "alice"), pair("x-rid", "r1")]
         );
-        assert_eq!(e.append_headers, vec![pair("via", "weir"), pair("via", "api")]);
+        assert_eq!(
+            e.append_headers,
+            vec![pair("via", "weir"), pair("via", "api")]
+        );
     }
 
     #[test]
@@ -328,7 +342,10 @@ mod tests {
     fn config_errors_are_reported() {
         let err = |v: Value| Harness::<Headers>::new(v).err().unwrap();
         assert!(err(json!({})).contains("nothing to do"));
-        assert!(err(json!({ "request": { "set": { "bad name": "1" } } })).contains("invalid header name"));
+        assert!(
+            err(json!({ "request": { "set": { "bad name": "1" } } }))
+                .contains("invalid header name")
+        );
         assert!(err(json!({ "request": { "set": { "x": "{oops" } } })).contains("request.set.x"));
         assert!(err(json!({ "request": { "sett": {} } })).contains("unknown field `sett`"));
     }

@@ -50,11 +50,11 @@ impl Seconds {
     fn get(&self) -> Result<u32, String> {
         match self {
             Seconds::Number(n) => Ok(*n),
-            Seconds::Text(t) => t
-                .trim()
-                .trim_end_matches('s')
-                .parse()
-                .map_err(|_| format!("leeway: expected seconds, e.g. 30 or \"30s\", found {t:?}")),
+            Seconds::Text(t) => {
+                t.trim().trim_end_matches('s').parse().map_err(|_| {
+                    format!("leeway: expected seconds, e.g. 30 or \"30s\", found {t:?}")
+                })
+            }
         }
     }
 }
@@ -135,7 +135,9 @@ impl JwtAuth {
             return Some((t, true));
         }
         let name = self.cookie.as_deref()?;
-        req.cookie(name).filter(|t| !t.is_empty()).map(|t| (t, false))
+        req.cookie(name)
+            .filter(|t| !t.is_empty())
+            .map(|t| (t, false))
     }
 }
 
@@ -177,7 +179,9 @@ impl Policy for JwtAuth {
         let mut claims_to_headers = Vec::new();
         for (claim, header) in cfg.claims_to_headers {
             if !valid_header_name(&header) {
-                return Err(format!("claims_to_headers.{claim}: invalid header name {header:?}"));
+                return Err(format!(
+                    "claims_to_headers.{claim}: invalid header name {header:?}"
+                ));
             }
             claims_to_headers.push((claim, header.to_ascii_lowercase()));
         }
@@ -211,8 +215,12 @@ impl Policy for JwtAuth {
             Err(e @ VerifyError::KeySetUnavailable(_)) => {
                 // Our fault, not the client's: a 401 would make clients drop good tokens.
                 log::error("jwt key set unavailable", &[("error", &e.to_string())]);
-                return Response::problem(503, "Service Unavailable", "cannot verify tokens right now")
-                    .into();
+                return Response::problem(
+                    503,
+                    "Service Unavailable",
+                    "cannot verify tokens right now",
+                )
+                .into();
             }
             Err(e) => {
                 log::debug("jwt rejected", &[("reason", &e.to_string())]);
@@ -261,11 +269,11 @@ mod tests {
     use super::*;
     use weir_plugin_sdk::testing::{Harness, MockHost};
 
-    const CLAIMS: &str =
-        r#"{"sub":"alice","scope":"read write","email":"a@x.io","groups":["g1","g2"],"exp":9999999999,"nested":{"a":1}}"#;
+    const CLAIMS: &str = r#"{"sub":"alice","scope":"read write","email":"a@x.io","groups":["g1","g2"],"exp":9999999999,"nested":{"a":1}}"#;
 
     fn harness(extra: Value) -> Harness<JwtAuth> {
-        let mut cfg = json!({ "key_set": "main", "algorithms": ["RS256"], "issuer": "https://issuer" });
+        let mut cfg =
+            json!({ "key_set": "main", "algorithms": ["RS256"], "issuer": "https://issuer" });
         if let (Value::Object(base), Value::Object(more)) = (&mut cfg, extra) {
             base.extend(more);
         }
@@ -311,9 +319,15 @@ mod tests {
         let mut h = harness(json!({}));
         for req in [
             Request::get("/").build(),
-            Request::get("/").header("authorization", "Basic abc").build(),
-            Request::get("/").header("authorization", "Bearer old").build(),
-            Request::get("/").header("authorization", "Bearer forged").build(),
+            Request::get("/")
+                .header("authorization", "Basic abc")
+                .build(),
+            Request::get("/")
+                .header("authorization", "Bearer old")
+                .build(),
+            Request::get("/")
+                .header("authorization", "Bearer forged")
+                .build(),
         ] {
             let a = h.on_request(req);
             let r = a.response().expect("rejected");
@@ -352,7 +366,12 @@ mod tests {
             r.header("www-authenticate"),
             Some(r#"Bearer realm="weir", error="insufficient_scope""#)
         );
-        assert!(r.json_body::<Value>().unwrap()["detail"].as_str().unwrap().contains("admin"));
+        assert!(
+            r.json_body::<Value>().unwrap()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("admin")
+        );
         assert!(h.context_get("consumer").is_none());
         let a = h.on_request(Request::get("/").header("authorization", "Bearer scp"));
         assert!(a.is_continue());
@@ -377,7 +396,10 @@ mod tests {
     fn consumer_claim_is_configurable() {
         MockHost::jwt_accepts("t", r#"{"sub":"123","client_id":"svc-a"}"#);
         let mut h = harness(json!({ "consumer_claim": "client_id", "realm": "api" }));
-        assert!(h.on_request(Request::get("/").header("authorization", "Bearer t")).is_continue());
+        assert!(
+            h.on_request(Request::get("/").header("authorization", "Bearer t"))
+                .is_continue()
+        );
         assert_eq!(h.context_get("consumer").as_deref(), Some("svc-a"));
         let a = h.on_request(Request::get("/"));
         assert_eq!(
@@ -392,7 +414,13 @@ mod tests {
         assert!(err(json!({})).contains("missing field `key_set`"));
         assert!(err(json!({ "key_set": "" })).contains("key_set"));
         assert!(err(json!({ "key_set": "k", "leeway": "soon" })).contains("leeway"));
-        assert!(err(json!({ "key_set": "k", "claims_to_headers": { "sub": "bad header" } })).contains("claims_to_headers.sub"));
-        assert!(err(json!({ "key_set": "k", "issuer": "a", "bogus": 1 })).contains("unknown field `bogus`"));
+        assert!(
+            err(json!({ "key_set": "k", "claims_to_headers": { "sub": "bad header" } }))
+                .contains("claims_to_headers.sub")
+        );
+        assert!(
+            err(json!({ "key_set": "k", "issuer": "a", "bogus": 1 }))
+                .contains("unknown field `bogus`")
+        );
     }
 }

@@ -29,16 +29,20 @@ fn parse_window(w: &WindowText) -> Result<Duration, String> {
             let t = t.trim();
             let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
             let (num, unit) = t.split_at(split);
-            let n: u64 = num
-                .parse()
-                .map_err(|_| format!("invalid window {t:?}: expected e.g. \"1s\", \"5m\", \"1h\""))?;
+            let n: u64 = num.parse().map_err(|_| {
+                format!("invalid window {t:?}: expected e.g. \"1s\", \"5m\", \"1h\"")
+            })?;
             let unit_ms: u64 = match unit.trim() {
                 "ms" => 1,
                 "s" | "" => 1_000,
                 "m" => 60_000,
                 "h" => 3_600_000,
                 "d" => 86_400_000,
-                other => return Err(format!("invalid window unit {other:?} in {t:?} (ms, s, m, h, d)")),
+                other => {
+                    return Err(format!(
+                        "invalid window unit {other:?} in {t:?} (ms, s, m, h, d)"
+                    ));
+                }
             };
             Duration::from_millis(n.saturating_mul(unit_ms))
         }
@@ -276,7 +280,10 @@ impl Policy for RateLimit {
             let decision = match rate_limit::check(&limit.id, &key, limit.quota, self.cost) {
                 Ok(d) => d,
                 Err(e) => {
-                    log::warn("rate limiter unavailable", &[("window", &limit.id), ("error", &e)]);
+                    log::warn(
+                        "rate limiter unavailable",
+                        &[("window", &limit.id), ("error", &e)],
+                    );
                     return match self.on_limiter_error {
                         OnLimiterError::Allow => Action::next(),
                         OnLimiterError::Deny => Response::problem(
@@ -345,7 +352,10 @@ mod tests {
         assert_eq!(ok("5m"), Duration::from_secs(300));
         assert_eq!(ok("1h"), Duration::from_secs(3600));
         assert_eq!(ok("1d"), Duration::from_secs(86400));
-        assert_eq!(parse_window(&WindowText::Seconds(2)).unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            parse_window(&WindowText::Seconds(2)).unwrap(),
+            Duration::from_secs(2)
+        );
         assert!(parse_window(&WindowText::Text("1w".into())).is_err());
         assert!(parse_window(&WindowText::Text("s".into())).is_err());
         assert!(parse_window(&WindowText::Text("0s".into())).is_err());
@@ -359,7 +369,10 @@ mod tests {
             assert!(a.is_continue());
             let e = h.on_response(ResponseHead::new(200));
             assert_eq!(e.set_header_value("ratelimit-limit"), Some("2"));
-            assert_eq!(e.set_header_value("ratelimit-remaining"), Some(expected_remaining));
+            assert_eq!(
+                e.set_header_value("ratelimit-remaining"),
+                Some(expected_remaining)
+            );
             assert_eq!(e.set_header_value("ratelimit-policy"), Some("2;w=10"));
         }
         let a = h.on_request(Request::get("/").client_ip("10.0.0.1"));
@@ -373,10 +386,16 @@ mod tests {
         assert!(h.on_response(ResponseHead::new(429)).is_empty());
         assert_eq!(MockHost::counter_total("rate_limit_denied_total"), 1);
         // Another client is unaffected.
-        assert!(h.on_request(Request::get("/").client_ip("10.0.0.2")).is_continue());
+        assert!(
+            h.on_request(Request::get("/").client_ip("10.0.0.2"))
+                .is_continue()
+        );
         // After the emission interval one more request fits.
         MockHost::advance(Duration::from_secs(5));
-        assert!(h.on_request(Request::get("/").client_ip("10.0.0.1")).is_continue());
+        assert!(
+            h.on_request(Request::get("/").client_ip("10.0.0.1"))
+                .is_continue()
+        );
     }
 
     #[test]
@@ -416,10 +435,21 @@ mod tests {
 
     #[test]
     fn missing_key_falls_back_or_allows() {
-        let mut h = harness(json!({ "key": "header:X-Tenant", "limits": [{ "requests": 1, "window": 60 }] }));
-        assert!(h.on_request(Request::get("/").header("x-tenant", "t1")).is_continue());
-        assert!(!h.on_request(Request::get("/").header("x-tenant", "t1")).is_continue());
-        assert!(h.on_request(Request::get("/").header("x-tenant", "t2")).is_continue());
+        let mut h = harness(
+            json!({ "key": "header:X-Tenant", "limits": [{ "requests": 1, "window": 60 }] }),
+        );
+        assert!(
+            h.on_request(Request::get("/").header("x-tenant", "t1"))
+                .is_continue()
+        );
+        assert!(
+            !h.on_request(Request::get("/").header("x-tenant", "t1"))
+                .is_continue()
+        );
+        assert!(
+            h.on_request(Request::get("/").header("x-tenant", "t2"))
+                .is_continue()
+        );
         // No header: keyed by IP (first time, allowed; second time, limited).
         assert!(h.on_request(Request::get("/")).is_continue());
         assert!(!h.on_request(Request::get("/")).is_continue());
@@ -440,19 +470,29 @@ mod tests {
     #[test]
     fn limiter_errors_follow_the_configured_mode() {
         MockHost::rate_limit_fail(Some("redis down"));
-        let mut open = harness(json!({ "key": "ip", "limits": [{ "requests": 1, "window": "1s" }] }));
+        let mut open =
+            harness(json!({ "key": "ip", "limits": [{ "requests": 1, "window": "1s" }] }));
         assert!(open.on_request(Request::get("/")).is_continue());
         assert!(open.on_response(ResponseHead::new(200)).is_empty());
         assert_eq!(MockHost::logs()[0].field("error"), Some("redis down"));
         let mut closed = harness(json!({
             "key": "ip", "on_limiter_error": "deny", "limits": [{ "requests": 1, "window": "1s" }]
         }));
-        assert_eq!(closed.on_request(Request::get("/")).response().unwrap().status, 503);
+        assert_eq!(
+            closed
+                .on_request(Request::get("/"))
+                .response()
+                .unwrap()
+                .status,
+            503
+        );
     }
 
     #[test]
     fn headers_can_be_disabled() {
-        let mut h = harness(json!({ "key": "ip", "headers": false, "limits": [{ "requests": 5, "window": "1s" }] }));
+        let mut h = harness(
+            json!({ "key": "ip", "headers": false, "limits": [{ "requests": 5, "window": "1s" }] }),
+        );
         assert!(h.on_request(Request::get("/")).is_continue());
         assert!(h.context().is_empty());
         assert!(h.on_response(ResponseHead::new(200)).is_empty());
@@ -461,10 +501,19 @@ mod tests {
     #[test]
     fn config_errors() {
         let err = |v: Value| Harness::<RateLimit>::new(v).err().unwrap();
-        assert!(err(json!({ "key": "user", "limits": [{ "requests": 1, "window": "1s" }] })).contains("key:"));
+        assert!(
+            err(json!({ "key": "user", "limits": [{ "requests": 1, "window": "1s" }] }))
+                .contains("key:")
+        );
         assert!(err(json!({ "key": "ip", "limits": [] })).contains("at least one"));
-        assert!(err(json!({ "key": "ip", "limits": [{ "requests": 0, "window": "1s" }] })).contains("limits[0]"));
-        assert!(err(json!({ "key": "ip", "limits": [{ "requests": 1, "window": "1x" }] })).contains("limits[0]"));
+        assert!(
+            err(json!({ "key": "ip", "limits": [{ "requests": 0, "window": "1s" }] }))
+                .contains("limits[0]")
+        );
+        assert!(
+            err(json!({ "key": "ip", "limits": [{ "requests": 1, "window": "1x" }] }))
+                .contains("limits[0]")
+        );
         assert!(err(json!({ "key": "ip", "limits": [{ "requests": 1, "window": "1s" }, { "requests": 2, "window": "1s" }] })).contains("duplicate"));
         assert!(err(json!({ "key": "ip" })).contains("missing field `limits`"));
     }
