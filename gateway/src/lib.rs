@@ -1,1 +1,27 @@
-pub fn placeholder() {}
+//! Weir: an API gateway whose policies are WebAssembly components.
+//!
+//! The crate is laid out by concern:
+//! - [`config`]: TOML → validated model (`weir validate` prints every error with its location);
+//! - [`server`] and [`tls`]: listeners, HTTP/1.1 + HTTP/2, TLS termination, graceful drain;
+//! - [`proxy`]: the request path, one step per function, in order;
+//! - [`router`], [`upstream`]: routing, load balancing, health, pools;
+//! - [`policy`]: the per-route Wasm policy chains (runtime in the `weir-wasm-host` crate);
+//! - [`state`]: the hot-swappable table and reloads; [`admin`], [`metrics`], [`access`]: observability;
+//! - [`error`]: the one place errors become HTTP responses.
+
+pub mod access;
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod router;
+pub mod run;
+pub mod server;
+pub mod state;
+pub mod tls;
+pub mod upstream;

@@ -1,1 +1,86 @@
-fn main() {}
+//! The `weir` command line.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Weir: an API gateway whose policies are WebAssembly components"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway with a config file.
+    Run {
+        #[arg(short, long, env = "WEIR_CONFIG", default_value = "weir.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file (and load every plugin, running its init); exit 1 on any error.
+    Validate {
+        #[arg(short, long, env = "WEIR_CONFIG", default_value = "weir.toml")]
+        config: PathBuf,
+    },
+    /// Start the gateway on an embedded demo config with built-in demo upstreams.
+    Demo {
+        /// Port of the demo's public listener.
+        #[arg(long, env = "WEIR_DEMO_PORT", default_value_t = 8080)]
+        port: u16,
+        /// Port of the demo's admin listener.
+        #[arg(long, env = "WEIR_DEMO_ADMIN_PORT", default_value_t = 9901)]
+        admin_port: u16,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Validate { config } => weir::cli::validate(&config).await,
+            Cmd::Run { config } => {
+                let cfg = match weir::config::load_file(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                init_logging(cfg.log.format == weir::config::LogFormat::Json);
+                weir::cli::run(cfg).await
+            }
+            Cmd::Demo { port, admin_port } => {
+                init_logging(false);
+                weir::cli::demo(port, admin_port).await
+            }
+        }
+    })
+}

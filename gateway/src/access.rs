@@ -1,0 +1,59 @@
+//! The access log line, request metrics and the `on-log` policy phase, run once per request
+//! after its response body was sent.
+
+use crate::proxy::RequestFacts;
+use crate::state::Gateway;
+use http::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn record(
+    gw: &Arc<Gateway>,
+    facts: &RequestFacts,
+    status: StatusCode,
+    head_latency: Duration,
+    bytes: u64,
+) {
+    let route = facts.route.as_ref().map_or("-", |r| r.spec.name.as_str());
+    let upstream = facts
+        .route
+        .as_ref()
+        .and_then(|r| r.spec.upstream.as_deref())
+        .unwrap_or("-");
+    let total = facts.start.elapsed();
+    gw.metrics
+        .requests
+        .get_or_create(&crate::metrics::RouteStatus {
+            route: route.to_string(),
+            status: status.as_u16(),
+        })
+        .inc();
+    gw.metrics
+        .latency
+        .get_or_create(&crate::metrics::RouteLabel {
+            route: route.to_string(),
+        })
+        .observe(head_latency.as_secs_f64());
+    if gw.table().config.log.access_log {
+        tracing::info!(
+            target: "weir::access",
+            route,
+            upstream,
+            target_url = facts.upstream_target.as_deref().unwrap_or("-"),
+            method = %facts.method,
+            host = %facts.host,
+            path = %facts.path,
+            status = status.as_u16(),
+            latency_ms = total.as_secs_f64() * 1000.0,
+            bytes,
+            client = %facts.client_ip,
+            request_id = %facts.request_id,
+            trace_id = %facts.trace_id,
+        );
+    }
+    if let Some(r) = &facts.route
+        && !r.plugins.is_empty()
+    {
+        crate::policy::spawn_on_log(gw, r.clone(), facts, status, total, bytes);
+    }
+}

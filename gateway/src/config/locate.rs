@@ -1,0 +1,98 @@
+//! Maps a key path such as `routes[2].upstream` back to a line and column of the TOML source,
+//! so that every validation error can point at the place to fix.
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A path into the config document, built while validating.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPath(pub Vec<Seg>);
+
+impl KeyPath {
+    pub fn key(&self, k: &str) -> KeyPath {
+        let mut v = self.0.clone();
+        v.push(Seg::Key(k.to_string()));
+        KeyPath(v)
+    }
+    pub fn index(&self, i: usize) -> KeyPath {
+        let mut v = self.0.clone();
+        v.push(Seg::Index(i));
+        KeyPath(v)
+    }
+}
+
+impl std::fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            match s {
+                Seg::Key(k) if i == 0 => write!(f, "{k}")?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Line and column (1-based) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let upto = &text[..offset.min(text.len())];
+    let line = upto.matches('\n').count() + 1;
+    let col = upto
+        .rfind('\n')
+        .map_or(upto.len(), |nl| upto.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+/// Finds the deepest existing element of `path` in `text` and returns the start of its span.
+pub fn locate(text: &str, path: &KeyPath) -> Option<usize> {
+    let doc = toml_edit::Document::parse(text.to_string()).ok()?;
+    locate_in_item(doc.as_item(), &path.0, None)
+}
+
+fn locate_in_table(t: &toml_edit::Table, rest: &[Seg], best: Option<usize>) -> Option<usize> {
+    let Some((first, tail)) = rest.split_first() else {
+        return best;
+    };
+    let Seg::Key(k) = first else { return best };
+    let Some(item) = t.get(k) else { return best };
+    let best = item.span().map(|s| s.start).or(best);
+    locate_in_item(item, tail, best)
+}
+
+fn locate_in_item(item: &toml_edit::Item, rest: &[Seg], best: Option<usize>) -> Option<usize> {
+    match item {
+        toml_edit::Item::Table(t) => locate_in_table(t, rest, best),
+        toml_edit::Item::Value(v) => locate_in_value(v, rest, best),
+        toml_edit::Item::ArrayOfTables(a) => match rest.split_first() {
+            Some((Seg::Index(i), tail)) => match a.get(*i) {
+                Some(t) => locate_in_table(t, tail, t.span().map(|s| s.start).or(best)),
+                None => best,
+            },
+            _ => best,
+        },
+        toml_edit::Item::None => best,
+    }
+}
+
+fn locate_in_value(v: &toml_edit::Value, rest: &[Seg], best: Option<usize>) -> Option<usize> {
+    let Some((first, tail)) = rest.split_first() else {
+        return best;
+    };
+    match (first, v) {
+        (Seg::Key(k), toml_edit::Value::InlineTable(t)) => match t.get(k) {
+            Some(inner) => locate_in_value(inner, tail, inner.span().map(|s| s.start).or(best)),
+            None => best,
+        },
+        (Seg::Index(i), toml_edit::Value::Array(a)) => match a.get(*i) {
+            Some(inner) => locate_in_value(inner, tail, inner.span().map(|s| s.start).or(best)),
+            None => best,
+        },
+        _ => best,
+    }
+}

@@ -1,0 +1,910 @@
+//! Configuration: TOML text → [`raw`] (serde, `deny_unknown_fields`) → validated [`model::Config`].
+//!
+//! Validation collects *every* problem with its location (`file:line:col: key.path: message`), so
+//! `weir validate` and a failed reload can show them all at once.
+
+pub mod locate;
+pub mod model;
+pub mod raw;
+
+use locate::KeyPath;
+pub use model::*;
+use raw::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One problem found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub col: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let (Some(l), Some(c)) = (self.line, self.col) {
+            write!(f, ":{l}:{c}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates a config file. Relative paths inside it are resolved against its directory.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            col: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(
+        &text,
+        &path.display().to_string(),
+        &base,
+        Some(path.to_path_buf()),
+    )
+}
+
+/// Parses and validates config text. `file` is only used in messages; `base` resolves relative paths.
+pub fn parse(
+    text: &str,
+    file: &str,
+    base: &Path,
+    source: Option<PathBuf>,
+) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let (line, col) = match e.span() {
+                Some(s) => {
+                    let (l, c) = locate::line_col(text, s.start);
+                    (Some(l), Some(c))
+                }
+                None => (None, None),
+            };
+            return Err(ConfigErrors(vec![ConfigError {
+                file: file.to_string(),
+                line,
+                col,
+                key: String::new(),
+                message: e.message().trim().to_string(),
+            }]));
+        }
+    };
+    let mut v = Validator {
+        text,
+        file,
+        base,
+        errors: Vec::new(),
+    };
+    let cfg = v.config(raw, source);
+    if v.errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+    base: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+/// Parses durations written as `"15s"`, `"250ms"`, `"2m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Parses sizes written as `"1MiB"`, `"64KiB"`, `"512"`, `"2MB"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. \"1MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1024 * 1024,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1024 * 1024 * 1024,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+impl Validator<'_> {
+    fn err(&mut self, at: &KeyPath, message: impl Into<String>) {
+        let (line, col) = match locate::locate(self.text, at) {
+            Some(off) => {
+                let (l, c) = locate::line_col(self.text, off);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            col,
+            key: at.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, at: &KeyPath, v: Option<&String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(at, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, at: &KeyPath, v: Option<&String>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) => match parse_size(s) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.err(at, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn existing_file(&mut self, at: &KeyPath, p: &str) -> PathBuf {
+        let full = self.path(p);
+        if !full.is_file() {
+            self.err(at, format!("file not found: {}", full.display()));
+        }
+        full
+    }
+
+    fn addr(&mut self, at: &KeyPath, s: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    at,
+                    format!("invalid listen address {s:?}: expected IP:PORT"),
+                );
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig, source: Option<PathBuf>) -> Config {
+        let root = KeyPath::default();
+        if raw.version != 1 {
+            self.err(
+                &root.key("version"),
+                format!("unsupported config version {}: expected 1", raw.version),
+            );
+        }
+        let admin = raw
+            .admin
+            .as_ref()
+            .and_then(|a| self.addr(&root.key("admin").key("listen"), &a.listen));
+
+        let mut listeners = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let at = root.key("listeners").index(i);
+            if !names.insert(l.name.clone()) {
+                self.err(
+                    &at.key("name"),
+                    format!("duplicate listener name {:?}", l.name),
+                );
+            }
+            let Some(addr) = self.addr(&at.key("listen"), &l.listen) else {
+                continue;
+            };
+            let tls = l.tls.as_ref().map(|t| {
+                let tat = at.key("tls");
+                if t.certs.is_empty() {
+                    self.err(&tat.key("certs"), "at least one certificate is required");
+                }
+                let certs = t
+                    .certs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| {
+                        let cat = tat.key("certs").index(j);
+                        (
+                            self.existing_file(&cat.key("cert"), &c.cert),
+                            self.existing_file(&cat.key("key"), &c.key),
+                        )
+                    })
+                    .collect();
+                let client_ca = t
+                    .client_ca
+                    .as_ref()
+                    .map(|ca| self.existing_file(&tat.key("client_ca"), ca));
+                ListenerTls { certs, client_ca }
+            });
+            listeners.push(Listener {
+                name: l.name.clone(),
+                addr,
+                tls,
+            });
+        }
+
+        let limits = self.limits(&root.key("limits"), &raw.limits);
+
+        let mut upstreams = BTreeMap::new();
+        for (name, u) in &raw.upstreams {
+            let at = root.key("upstreams").key(name);
+            upstreams.insert(name.clone(), self.upstream(&at, name, u, &limits));
+        }
+
+        let mut key_sets = BTreeMap::new();
+        for (name, k) in &raw.key_sets {
+            let at = root.key("key_sets").key(name);
+            if k.hmac_secret.is_none()
+                && k.pem.is_empty()
+                && k.jwks.is_none()
+                && k.jwks_url.is_none()
+            {
+                self.err(&at, "a key set needs hmac_secret, pem, jwks or jwks_url");
+            }
+            let pem = k
+                .pem
+                .iter()
+                .enumerate()
+                .map(|(i, p)| self.existing_file(&at.key("pem").index(i), p))
+                .collect();
+            let jwks = k
+                .jwks
+                .as_ref()
+                .map(|p| self.existing_file(&at.key("jwks"), p));
+            key_sets.insert(
+                name.clone(),
+                KeySet {
+                    hmac_secret: k.hmac_secret.clone(),
+                    pem,
+                    jwks,
+                    jwks_url: k.jwks_url.clone(),
+                },
+            );
+        }
+
+        let global_plugins = raw
+            .plugins
+            .iter()
+            .enumerate()
+            .map(|(i, p)| self.plugin(&root.key("plugins").index(i), p))
+            .collect();
+
+        let mut routes = Vec::new();
+        let mut route_names = std::collections::HashSet::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let at = root.key("routes").index(i);
+            if !route_names.insert(r.name.clone()) {
+                self.err(
+                    &at.key("name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
+            }
+            if let Some(route) = self.route(&at, r, &upstreams, &limits) {
+                routes.push(route);
+            }
+        }
+        if listeners.is_empty() {
+            self.err(&root, "at least one [[listeners]] entry is required");
+        }
+
+        let mut trusted_proxies = Vec::new();
+        for (i, cidr) in raw.trusted_proxies.iter().enumerate() {
+            let parsed = cidr
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => trusted_proxies.push(n),
+                Err(_) => self.err(
+                    &root.key("trusted_proxies").index(i),
+                    format!("invalid CIDR or IP {cidr:?}"),
+                ),
+            }
+        }
+
+        let format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.err(
+                    &root.key("log").key("format"),
+                    format!("unknown log format {other:?}: expected \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+
+        let runtime = RuntimeSettings {
+            cache_dir: raw
+                .runtime
+                .as_ref()
+                .and_then(|r| r.cache_dir.as_ref())
+                .map(|p| self.path(p)),
+            pool_max_uses: raw
+                .runtime
+                .as_ref()
+                .and_then(|r| r.pool_max_uses)
+                .unwrap_or(10_000),
+        };
+        let cluster = raw.cluster.as_ref().map(|c| {
+            let at = root.key("cluster");
+            if !c.redis.starts_with("redis://") && !c.redis.starts_with("rediss://") {
+                self.err(&at.key("redis"), "expected a redis:// URL");
+            }
+            Cluster {
+                redis: c.redis.clone(),
+                timeout: self.duration(
+                    &at.key("timeout"),
+                    c.timeout.as_ref(),
+                    Duration::from_millis(50),
+                ),
+            }
+        });
+
+        Config {
+            source,
+            text: self.text.to_string(),
+            admin,
+            listeners,
+            upstreams,
+            routes,
+            global_plugins,
+            key_sets,
+            limits,
+            trusted_proxies,
+            log: LogSettings {
+                format,
+                access_log: raw.log.access_log.unwrap_or(true),
+            },
+            runtime,
+            cluster,
+        }
+    }
+
+    fn limits(&mut self, at: &KeyPath, l: &RawLimits) -> Limits {
+        let d = Limits::default();
+        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Limits {
+            max_request_head: to_usize(self.size(
+                &at.key("max_request_head"),
+                l.max_request_head.as_ref(),
+                d.max_request_head as u64,
+            ))
+            .max(8192),
+            max_headers: l.max_headers.map_or(d.max_headers, |n| n as usize),
+            max_uri: to_usize(self.size(&at.key("max_uri"), l.max_uri.as_ref(), d.max_uri as u64)),
+            max_body: self.size(&at.key("max_body"), l.max_body.as_ref(), d.max_body),
+            header_read_timeout: self.duration(
+                &at.key("header_read_timeout"),
+                l.header_read_timeout.as_ref(),
+                d.header_read_timeout,
+            ),
+            keepalive_idle: self.duration(
+                &at.key("keepalive_idle"),
+                l.keepalive_idle.as_ref(),
+                d.keepalive_idle,
+            ),
+            max_connections: l.max_connections.map_or(d.max_connections, |n| n as usize),
+            h2_max_streams: l.h2_max_streams.unwrap_or(d.h2_max_streams),
+            connect_timeout: self.duration(
+                &at.key("connect_timeout"),
+                l.connect_timeout.as_ref(),
+                d.connect_timeout,
+            ),
+            route_timeout: self.duration(
+                &at.key("route_timeout"),
+                l.route_timeout.as_ref(),
+                d.route_timeout,
+            ),
+            drain_timeout: self.duration(
+                &at.key("drain_timeout"),
+                l.drain_timeout.as_ref(),
+                d.drain_timeout,
+            ),
+        }
+    }
+
+    fn upstream(
+        &mut self,
+        at: &KeyPath,
+        name: &str,
+        u: &RawUpstream,
+        limits: &Limits,
+    ) -> UpstreamSpec {
+        if u.targets.is_empty() {
+            self.err(&at.key("targets"), "an upstream needs at least one target");
+        }
+        let mut targets = Vec::new();
+        for (i, t) in u.targets.iter().enumerate() {
+            let tat = at.key("targets").index(i);
+            match t.url.parse::<http::Uri>() {
+                Ok(url)
+                    if matches!(url.scheme_str(), Some("http") | Some("https"))
+                        && url.authority().is_some() =>
+                {
+                    if t.weight == Some(0) {
+                        self.err(&tat.key("weight"), "weight must be at least 1");
+                    }
+                    targets.push(TargetSpec {
+                        url,
+                        weight: t.weight.unwrap_or(1).max(1),
+                    });
+                }
+                _ => self.err(
+                    &tat.key("url"),
+                    format!(
+                        "invalid target URL {:?}: expected http://HOST:PORT or https://HOST:PORT",
+                        t.url
+                    ),
+                ),
+            }
+        }
+        let lb = match u.lb.as_deref() {
+            None | Some("round_robin") => LbPolicy::RoundRobin,
+            Some("least_request") => LbPolicy::LeastRequest,
+            Some("consistent_hash") => LbPolicy::ConsistentHash,
+            Some(other) => {
+                self.err(
+                    &at.key("lb"),
+                    format!("unknown lb {other:?}: expected round_robin, least_request or consistent_hash"),
+                );
+                LbPolicy::RoundRobin
+            }
+        };
+        let hash_on = match u.hash_on.as_deref() {
+            None => None,
+            Some("ip") | Some("client_ip") => Some(HashOn::ClientIp),
+            Some(s) if s.starts_with("header:") => {
+                match http::HeaderName::from_bytes(s["header:".len()..].trim().as_bytes()) {
+                    Ok(h) => Some(HashOn::Header(h)),
+                    Err(_) => {
+                        self.err(&at.key("hash_on"), format!("invalid header name in {s:?}"));
+                        None
+                    }
+                }
+            }
+            Some(s) if s.starts_with("cookie:") => {
+                Some(HashOn::Cookie(s["cookie:".len()..].trim().to_string()))
+            }
+            Some(other) => {
+                self.err(
+                    &at.key("hash_on"),
+                    format!("unknown hash_on {other:?}: expected \"header:NAME\", \"cookie:NAME\" or \"ip\""),
+                );
+                None
+            }
+        };
+        if lb == LbPolicy::ConsistentHash && hash_on.is_none() {
+            self.err(
+                &at.key("lb"),
+                "consistent_hash needs hash_on (\"header:NAME\", \"cookie:NAME\" or \"ip\")",
+            );
+        }
+        let health = u.health.as_ref().map(|h| {
+            let hat = at.key("health");
+            if !h.path.starts_with('/') {
+                self.err(&hat.key("path"), "health path must start with '/'");
+            }
+            HealthSpec {
+                path: h.path.clone(),
+                interval: self.duration(
+                    &hat.key("interval"),
+                    h.interval.as_ref(),
+                    Duration::from_secs(2),
+                ),
+                timeout: self.duration(
+                    &hat.key("timeout"),
+                    h.timeout.as_ref(),
+                    Duration::from_secs(1),
+                ),
+                unhealthy_after: h.unhealthy_after.unwrap_or(3).max(1),
+                healthy_after: h.healthy_after.unwrap_or(2).max(1),
+            }
+        });
+        let passive = match &u.passive {
+            None => PassiveSpec {
+                consecutive_failures: 5,
+                base_ejection: Duration::from_secs(10),
+                max_ejection: Duration::from_secs(300),
+            },
+            Some(p) => {
+                let pat = at.key("passive");
+                PassiveSpec {
+                    consecutive_failures: p.consecutive_failures.unwrap_or(5).max(1),
+                    base_ejection: self.duration(
+                        &pat.key("base_ejection"),
+                        p.base_ejection.as_ref(),
+                        Duration::from_secs(10),
+                    ),
+                    max_ejection: self.duration(
+                        &pat.key("max_ejection"),
+                        p.max_ejection.as_ref(),
+                        Duration::from_secs(300),
+                    ),
+                }
+            }
+        };
+        let protocol = match u.protocol.as_deref() {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2") | Some("http2") => UpstreamProtocol::H2,
+            Some(other) => {
+                self.err(
+                    &at.key("protocol"),
+                    format!("unknown protocol {other:?}: expected \"http1\" or \"h2\""),
+                );
+                UpstreamProtocol::Http1
+            }
+        };
+        let tls_ca = u
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca.as_ref())
+            .map(|p| self.existing_file(&at.key("tls").key("ca"), p));
+        UpstreamSpec {
+            name: name.to_string(),
+            targets,
+            lb,
+            hash_on,
+            health,
+            passive,
+            protocol,
+            tls_ca,
+            tls_sni: u.tls.as_ref().and_then(|t| t.sni.clone()),
+            max_concurrent: u.max_concurrent,
+            connect_timeout: self.duration(
+                &at.key("connect_timeout"),
+                u.connect_timeout.as_ref(),
+                limits.connect_timeout,
+            ),
+            pool_idle_timeout: self.duration(
+                &at.key("pool_idle_timeout"),
+                u.pool_idle_timeout.as_ref(),
+                Duration::from_secs(90),
+            ),
+            pool_max_idle: u.pool_max_idle.map_or(256, |n| n as usize),
+        }
+    }
+
+    fn route(
+        &mut self,
+        at: &KeyPath,
+        r: &RawRoute,
+        upstreams: &BTreeMap<String, UpstreamSpec>,
+        limits: &Limits,
+    ) -> Option<RouteSpec> {
+        let m = &r.matcher;
+        let mat = at.key("match");
+        let host = m.host.as_ref().map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix('*') {
+                Some(rest) if rest.starts_with('.') => HostMatch::Suffix(rest.to_string()),
+                _ => HostMatch::Exact(h),
+            }
+        });
+        let set = [
+            m.path_prefix.is_some(),
+            m.path.is_some(),
+            m.path_regex.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set > 1 {
+            self.err(&mat, "use only one of path_prefix, path and path_regex");
+        }
+        let path = if let Some(p) = &m.path {
+            if !p.starts_with('/') {
+                self.err(&mat.key("path"), "path must start with '/'");
+            }
+            PathMatch::Exact(p.clone())
+        } else if let Some(re) = &m.path_regex {
+            match regex::Regex::new(&format!("^(?:{re})$")) {
+                Ok(r) => PathMatch::Regex(r),
+                Err(e) => {
+                    self.err(&mat.key("path_regex"), format!("invalid regex: {e}"));
+                    return None;
+                }
+            }
+        } else {
+            let p = m.path_prefix.clone().unwrap_or_else(|| "/".to_string());
+            if !p.starts_with('/') {
+                self.err(&mat.key("path_prefix"), "path_prefix must start with '/'");
+            }
+            PathMatch::Prefix(p)
+        };
+        let methods = m.methods.as_ref().map(|ms| {
+            ms.iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    match http::Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
+                        Ok(m) => Some(m),
+                        Err(_) => {
+                            self.err(
+                                &mat.key("methods").index(i),
+                                format!("invalid method {s:?}"),
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect()
+        });
+        let mut headers = Vec::new();
+        for (i, h) in m.headers.iter().enumerate() {
+            let hat = mat.key("headers").index(i);
+            let Ok(name) = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+            else {
+                self.err(
+                    &hat.key("name"),
+                    format!("invalid header name {:?}", h.name),
+                );
+                continue;
+            };
+            match (&h.value, &h.regex, h.present) {
+                (Some(v), None, None) => headers.push(HeaderMatch::Value(name, v.clone())),
+                (None, Some(re), None) => match regex::Regex::new(&format!("^(?:{re})$")) {
+                    Ok(r) => headers.push(HeaderMatch::Regex(name, r)),
+                    Err(e) => self.err(&hat.key("regex"), format!("invalid regex: {e}")),
+                },
+                (None, None, Some(p)) => headers.push(HeaderMatch::Present(name, p)),
+                (None, None, None) => headers.push(HeaderMatch::Present(name, true)),
+                _ => self.err(&hat, "use only one of value, regex and present"),
+            }
+        }
+        let aggregate = self.aggregate(at, r, upstreams);
+        match &r.upstream {
+            Some(u) if !upstreams.contains_key(u) => {
+                self.err(&at.key("upstream"), format!("unknown upstream {u:?}"));
+            }
+            None if aggregate.is_empty() && r.plugins.is_empty() => {
+                self.err(
+                    at,
+                    "a route needs an upstream (or aggregate, or plugins that answer)",
+                );
+            }
+            _ => {}
+        }
+        if r.strip_prefix && !matches!(path, PathMatch::Prefix(_)) {
+            self.err(
+                &at.key("strip_prefix"),
+                "strip_prefix needs match.path_prefix",
+            );
+        }
+        let retries = match &r.retries {
+            None => RetryPolicy {
+                budget_percent: 20,
+                ..RetryPolicy::default()
+            },
+            Some(rr) => {
+                let rat = at.key("retries");
+                let mut p = RetryPolicy {
+                    attempts: rr.attempts,
+                    budget_percent: rr.budget_percent.unwrap_or(20),
+                    ..RetryPolicy::default()
+                };
+                for (i, cond) in rr.on.iter().enumerate() {
+                    match cond.as_str() {
+                        "connect-failure" => p.on_connect_failure = true,
+                        "5xx" => p.on_5xx = true,
+                        "timeout" => p.on_timeout = true,
+                        "reset" => p.on_reset = true,
+                        s => match s.parse::<u16>() {
+                            Ok(code) if (100..600).contains(&code) => p.on_statuses.push(code),
+                            _ => self.err(
+                                &rat.key("on").index(i),
+                                format!("unknown retry condition {s:?}: expected connect-failure, 5xx, timeout, reset or a status code"),
+                            ),
+                        },
+                    }
+                }
+                if rr.on.is_empty() {
+                    p.on_connect_failure = true;
+                }
+                p
+            }
+        };
+        let plugins = r
+            .plugins
+            .iter()
+            .enumerate()
+            .map(|(i, p)| self.plugin(&at.key("plugins").index(i), p))
+            .collect();
+        let default_priority = match (&path, &host) {
+            (PathMatch::Exact(_), _) => 3000,
+            (PathMatch::Regex(_), _) => 2000,
+            (PathMatch::Prefix(p), _) => 1000 + p.len().min(999) as i32,
+        } + match &host {
+            Some(HostMatch::Exact(_)) => 20_000,
+            Some(HostMatch::Suffix(_)) => 10_000,
+            None => 0,
+        };
+        Some(RouteSpec {
+            name: r.name.clone(),
+            host,
+            path,
+            methods,
+            headers,
+            priority: r.priority.unwrap_or(default_priority),
+            upstream: r.upstream.clone(),
+            strip_prefix: r.strip_prefix,
+            rewrite: r.rewrite.clone(),
+            timeout: self.duration(&at.key("timeout"), r.timeout.as_ref(), limits.route_timeout),
+            per_try_timeout: r
+                .per_try_timeout
+                .as_ref()
+                .map(|s| self.duration(&at.key("per_try_timeout"), Some(s), limits.route_timeout)),
+            retries,
+            max_body: self.size(
+                &at.key("limits").key("max_body"),
+                r.limits.max_body.as_ref(),
+                limits.max_body,
+            ),
+            plugins,
+            aggregate,
+        })
+    }
+
+    fn aggregate(
+        &mut self,
+        at: &KeyPath,
+        r: &RawRoute,
+        upstreams: &BTreeMap<String, UpstreamSpec>,
+    ) -> Vec<AggregateBackend> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawAgg {
+            upstream: String,
+            path: String,
+            group: Option<String>,
+            #[serde(default = "yes")]
+            required: bool,
+            timeout: Option<String>,
+        }
+        fn yes() -> bool {
+            true
+        }
+        let Some(list) = &r.aggregate else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, v) in list.iter().enumerate() {
+            let aat = at.key("aggregate").index(i);
+            match v.clone().try_into::<RawAgg>() {
+                Ok(a) => {
+                    if !upstreams.contains_key(&a.upstream) {
+                        self.err(
+                            &aat.key("upstream"),
+                            format!("unknown upstream {:?}", a.upstream),
+                        );
+                    }
+                    out.push(AggregateBackend {
+                        timeout: self.duration(
+                            &aat.key("timeout"),
+                            a.timeout.as_ref(),
+                            Duration::from_secs(5),
+                        ),
+                        upstream: a.upstream,
+                        path: a.path,
+                        group: a.group,
+                        required: a.required,
+                    });
+                }
+                Err(e) => self.err(&aat, e.to_string()),
+            }
+        }
+        out
+    }
+
+    fn plugin(&mut self, at: &KeyPath, p: &RawPlugin) -> PluginRef {
+        let wasm = self.existing_file(&at.key("wasm"), &p.wasm);
+        let config_json = match &p.config {
+            None => "{}".to_string(),
+            Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "{}".to_string()),
+        };
+        let on_error = match p.on_error.as_deref() {
+            None | Some("closed") => FailMode::Closed,
+            Some("open") => FailMode::Open,
+            Some(other) => {
+                self.err(
+                    &at.key("on_error"),
+                    format!("unknown on_error {other:?}: expected \"closed\" or \"open\""),
+                );
+                FailMode::Closed
+            }
+        };
+        let isolation = match p.isolation.as_deref() {
+            None | Some("pooled") => Isolation::Pooled,
+            Some("request") => Isolation::Request,
+            Some(other) => {
+                self.err(
+                    &at.key("isolation"),
+                    format!("unknown isolation {other:?}: expected \"pooled\" or \"request\""),
+                );
+                Isolation::Pooled
+            }
+        };
+        let memory = self.size(
+            &at.key("limits").key("memory"),
+            p.limits.memory.as_ref(),
+            32 * 1024 * 1024,
+        );
+        let cpu = self.duration(
+            &at.key("limits").key("cpu"),
+            p.limits.cpu.as_ref(),
+            Duration::from_millis(50),
+        );
+        let http_allow = p.http.as_ref().map(|h| h.allow.clone()).unwrap_or_default();
+        let http_timeout = self.duration(
+            &at.key("http").key("timeout"),
+            p.http.as_ref().and_then(|h| h.timeout.as_ref()),
+            Duration::from_secs(5),
+        );
+        PluginRef {
+            name: p.name.clone(),
+            wasm,
+            config_json,
+            on_error,
+            isolation,
+            memory,
+            cpu,
+            http_allow,
+            http_timeout,
+        }
+    }
+}

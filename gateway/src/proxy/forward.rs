@@ -1,0 +1,257 @@
+//! Sending a request upstream: target choice, per-try and total timeouts, retries within a
+//! budget, passive health reports, and WebSocket splicing after a `101`.
+
+use super::RequestFacts;
+use crate::body::{self, ProxyBody};
+use crate::config::HashOn;
+use crate::error::GatewayError;
+use crate::router;
+use crate::state::{Gateway, RouteRuntime};
+use crate::upstream::{Upstream, balancer::hash_bytes};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The request as it will go upstream; policies edit it in place.
+pub struct Outgoing {
+    pub parts: http::request::Parts,
+    /// Normalised path (before strip_prefix/rewrite), possibly changed by policies.
+    pub path: String,
+    pub body: Option<ProxyBody>,
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn hash_key(
+    upstream: &Upstream,
+    parts: &http::request::Parts,
+    facts: &RequestFacts,
+) -> Option<u64> {
+    match upstream.spec.hash_on.as_ref()? {
+        HashOn::Header(h) => parts.headers.get(h).map(|v| hash_bytes(v.as_bytes())),
+        HashOn::ClientIp => Some(hash_bytes(facts.client_ip.to_string().as_bytes())),
+        HashOn::Cookie(name) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash_bytes(v.as_bytes())),
+    }
+}
+
+/// Forwards `out` to `upstream`, retrying as the route allows.
+pub async fn send(
+    gw: &Arc<Gateway>,
+    route: &RouteRuntime,
+    upstream: &Arc<Upstream>,
+    out: Outgoing,
+    facts: &mut RequestFacts,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let spec = &route.spec;
+    let Outgoing {
+        mut parts,
+        path,
+        body,
+    } = out;
+    let mut body = body.unwrap_or_else(body::empty);
+    let upath = router::upstream_path(spec, &path);
+    let path_and_query = match parts.uri.query() {
+        Some(q) if !q.is_empty() => format!("{upath}?{q}"),
+        _ => upath,
+    };
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let replayable = body.is_end_stream() && idempotent(&parts.method);
+    let key = hash_key(upstream, &parts, facts);
+    let deadline = Instant::now() + spec.timeout;
+    let policy = &spec.retries;
+    let mut tried: Vec<usize> = Vec::new();
+    route.budget.record_request();
+    let name = upstream.spec.name.as_str();
+
+    loop {
+        let attempt = tried.len() as u32;
+        let may_retry = replayable && attempt < policy.attempts && route.budget.can_retry();
+        let idx = upstream
+            .pick(key, &tried)
+            .ok_or_else(|| GatewayError::NoHealthyTarget(name.to_string()))?;
+        tried.push(idx);
+        let guard = upstream
+            .acquire(idx)
+            .ok_or_else(|| GatewayError::UpstreamOverloaded(name.to_string()))?;
+        let Some(target) = upstream.targets.get(idx) else {
+            return Err(GatewayError::Internal("target index out of range".into()));
+        };
+        let uri = http::Uri::builder()
+            .scheme(target.url.scheme_str().unwrap_or("http"))
+            .authority(
+                target
+                    .url
+                    .authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or_default(),
+            )
+            .path_and_query(path_and_query.as_str())
+            .build()
+            .map_err(|e| GatewayError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+        let this_body = if may_retry {
+            body::empty()
+        } else {
+            std::mem::replace(&mut body, body::empty())
+        };
+        let mut req = Request::new(this_body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = parts.headers.clone();
+        *req.version_mut() = match upstream.spec.protocol {
+            crate::config::UpstreamProtocol::H2 => http::Version::HTTP_2,
+            crate::config::UpstreamProtocol::Http1 => http::Version::HTTP_11,
+        };
+        if req.version() == http::Version::HTTP_2 {
+            req.headers_mut().remove(header::HOST);
+        }
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        let per_try = spec.per_try_timeout.map_or(remaining, |p| p.min(remaining));
+        facts.upstream_target = Some(target.url.to_string());
+        let started = Instant::now();
+        let result = tokio::time::timeout(per_try, upstream.client.request(req)).await;
+        gw.metrics
+            .upstream_latency
+            .get_or_create(&crate::metrics::RouteLabel {
+                route: name.to_string(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = |o: &str| crate::metrics::UpstreamOutcome {
+            upstream: name.to_string(),
+            outcome: o.to_string(),
+        };
+        match result {
+            Ok(Ok(res)) => {
+                let status = res.status();
+                upstream.report(idx, !matches!(status.as_u16(), 502..=504));
+                gw.metrics
+                    .upstream_requests
+                    .get_or_create(&outcome(status_class(status)))
+                    .inc();
+                let retry_status = (policy.on_5xx && status.is_server_error())
+                    || policy.on_statuses.contains(&status.as_u16());
+                if retry_status && may_retry && Instant::now() < deadline {
+                    route.budget.record_retry();
+                    continue;
+                }
+                let (rparts, rbody) = res.into_parts();
+                // Keep the in-flight slot until the body has been relayed (least-request, breaker).
+                let rbody = body::boxed(rbody.map_frame(move |f| {
+                    let _ = &guard;
+                    f
+                }));
+                return Ok(Response::from_parts(rparts, rbody));
+            }
+            Ok(Err(e)) => {
+                drop(guard);
+                let connect = e.is_connect();
+                upstream.report(idx, false);
+                gw.metrics
+                    .upstream_requests
+                    .get_or_create(&outcome(if connect { "connect_error" } else { "error" }))
+                    .inc();
+                if super::is_length_limit(&e) {
+                    return Err(GatewayError::BodyTooLarge(spec.max_body));
+                }
+                let retry = if connect {
+                    policy.on_connect_failure
+                } else {
+                    policy.on_reset
+                };
+                if retry && may_retry && Instant::now() < deadline {
+                    route.budget.record_retry();
+                    continue;
+                }
+                let reason = error_chain(&e);
+                return Err(if connect {
+                    GatewayError::UpstreamConnect {
+                        upstream: name.to_string(),
+                        reason,
+                    }
+                } else {
+                    GatewayError::UpstreamFailed {
+                        upstream: name.to_string(),
+                        reason,
+                    }
+                });
+            }
+            Err(_) => {
+                drop(guard);
+                upstream.report(idx, false);
+                gw.metrics
+                    .upstream_requests
+                    .get_or_create(&outcome("timeout"))
+                    .inc();
+                if policy.on_timeout && may_retry && Instant::now() < deadline {
+                    route.budget.record_retry();
+                    continue;
+                }
+                return Err(GatewayError::UpstreamTimeout(name.to_string()));
+            }
+        }
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// After the upstream agreed to switch protocols, connect the two upgraded streams.
+pub fn splice_upgrade(
+    mut res: Response<ProxyBody>,
+    downstream: hyper::upgrade::OnUpgrade,
+) -> Response<ProxyBody> {
+    let upstream = hyper::upgrade::on(&mut res);
+    tokio::spawn(async move {
+        match (downstream.await, upstream.await) {
+            (Ok(d), Ok(u)) => {
+                let mut d = TokioIo::new(d);
+                let mut u = TokioIo::new(u);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let (parts, _) = res.into_parts();
+    Response::from_parts(parts, body::empty())
+}

@@ -1,0 +1,388 @@
+//! Protocol hygiene that hyper leaves to the proxy: framing checks, path normalisation,
+//! hop-by-hop headers, forwarding headers, request ids and trace context.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Rejects requests whose framing a downstream or upstream parser could read differently
+/// (request smuggling) and HTTP/1.1 requests without exactly one Host.
+pub fn check_framing(version: http::Version, headers: &HeaderMap) -> Result<(), &'static str> {
+    let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let te = headers.get_all(header::TRANSFER_ENCODING).iter().count();
+    if cl > 0 && te > 0 {
+        return Err("both Content-Length and Transfer-Encoding are present");
+    }
+    if cl > 1 {
+        return Err("more than one Content-Length header");
+    }
+    if let Some(v) = headers.get(header::CONTENT_LENGTH) {
+        let ok = v
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .is_some();
+        if !ok {
+            return Err("malformed Content-Length");
+        }
+    }
+    if version == http::Version::HTTP_11 {
+        match headers.get_all(header::HOST).iter().count() {
+            0 => return Err("missing Host header"),
+            1 => {}
+            _ => return Err("more than one Host header"),
+        }
+    }
+    Ok(())
+}
+
+/// Why a path was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathError {
+    NotAbsolute,
+    EncodedSeparator,
+    BadEscape,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathError::NotAbsolute => "path must start with '/'",
+            PathError::EncodedSeparator => "encoded '/' or '\\' in path",
+            PathError::BadEscape => "invalid percent-encoding in path",
+        })
+    }
+}
+
+/// Normalises a request path once; the result is used for routing, policies and forwarding alike.
+///
+/// Decodes percent-encoded unreserved characters (so `%2e` is a dot and `%61` is `a`), upper-cases the
+/// remaining escapes, merges repeated slashes, resolves `.` and `..` (never above the root) and keeps a
+/// trailing slash. Encoded `/` and `\` are refused: a backend that decodes them would see another path.
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if raw.contains('\\') {
+        return Err(PathError::EncodedSeparator);
+    }
+    let mut out: Vec<String> = Vec::new();
+    let trailing = raw.ends_with('/') || raw.ends_with("/.") || raw.ends_with("/..");
+    for seg in raw.split('/') {
+        let seg = decode_unreserved(seg)?;
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(seg),
+        }
+    }
+    let mut path = String::with_capacity(raw.len());
+    for s in &out {
+        path.push('/');
+        path.push_str(s);
+    }
+    if path.is_empty() || (trailing && !out.is_empty()) {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+fn decode_unreserved(seg: &str) -> Result<String, PathError> {
+    if !seg.contains('%') {
+        return Ok(seg.to_string());
+    }
+    let b = seg.as_bytes();
+    let mut out = String::with_capacity(seg.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let c = (h * 16 + l) as u8;
+            match c {
+                b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                    out.push(c as char)
+                }
+                c => out.push_str(&format!("%{c:02X}")),
+            }
+            i += 3;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the request asks for a protocol switch (WebSocket), which keeps `Upgrade`/`Connection`.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including every header named in `Connection`. `TE: trailers`
+/// survives (gRPC needs it end to end); `Upgrade` survives when `keep_upgrade` is set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for n in named {
+        if keep_upgrade && n == header::UPGRADE {
+            continue;
+        }
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Response-side hop-by-hop stripping (keeps the 101 handshake headers).
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
+    strip_hop_by_hop(headers, switching);
+    if !switching {
+        headers.remove(header::TE);
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`. Client-supplied values are kept (and appended to) only
+/// when the direct peer is a trusted proxy; otherwise they are replaced.
+/// Returns the client address policies should see.
+pub fn forwarded_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: &[ipnet::IpNet],
+    scheme: &str,
+    host: &str,
+) -> IpAddr {
+    let peer_trusted = trusted.iter().any(|n| n.contains(&peer));
+    let xff = "x-forwarded-for";
+    let mut client = peer;
+    if peer_trusted {
+        let prior: Vec<String> = headers
+            .get_all(xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        // The client is the right-most address that is not one of our trusted proxies.
+        for a in prior.iter().rev() {
+            match a.parse::<IpAddr>() {
+                Ok(ip) if trusted.iter().any(|n| n.contains(&ip)) => continue,
+                Ok(ip) => {
+                    client = ip;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut chain = prior.join(", ");
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        chain.push_str(&peer.to_string());
+        set(headers, xff, &chain);
+        if !headers.contains_key("x-forwarded-proto") {
+            set(headers, "x-forwarded-proto", scheme);
+        }
+        if !headers.contains_key("x-forwarded-host") {
+            set(headers, "x-forwarded-host", host);
+        }
+    } else {
+        set(headers, xff, &peer.to_string());
+        set(headers, "x-forwarded-proto", scheme);
+        set(headers, "x-forwarded-host", host);
+    }
+    client
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// Returns the incoming `x-request-id` if it is sane, else a new random one (and sets it).
+pub fn request_id(headers: &mut HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return v.to_string();
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    set(headers, "x-request-id", &id);
+    id
+}
+
+/// Continues the W3C trace in `traceparent` (new span id, same trace id) or starts one.
+/// Returns the trace id.
+pub fn trace_context(headers: &mut HeaderMap) -> String {
+    let incoming = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent);
+    let span = format!("{:016x}", rand::random::<u64>() | 1);
+    let (trace, flags) = incoming.unwrap_or_else(|| {
+        (
+            format!("{:032x}", rand::random::<u128>() | 1),
+            "01".to_string(),
+        )
+    });
+    set(
+        headers,
+        "traceparent",
+        &format!("00-{trace}-{span}-{flags}"),
+    );
+    trace
+}
+
+fn parse_traceparent(v: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if parts.len() < 4 || !hex(parts[0], 2) || parts[0] == "ff" {
+        return None;
+    }
+    if !hex(parts[1], 32) || parts[1].bytes().all(|b| b == b'0') {
+        return None;
+    }
+    if !hex(parts[2], 16) || !hex(parts[3], 2) {
+        return None;
+    }
+    Some((parts[1].to_ascii_lowercase(), parts[3].to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_paths() {
+        let n = |p| normalize_path(p).unwrap();
+        assert_eq!(n("/a/../admin"), "/admin");
+        assert_eq!(n("/a/./b//c"), "/a/b/c");
+        assert_eq!(n("/../../x"), "/x");
+        assert_eq!(n("/a/%2e%2e/admin"), "/admin");
+        assert_eq!(n("/a/%2E%2e/admin/"), "/admin/");
+        assert_eq!(n("/%61dmin"), "/admin");
+        assert_eq!(n("/a%20b"), "/a%20b");
+        assert_eq!(n("/a%3cb"), "/a%3Cb");
+        assert_eq!(n("/"), "/");
+        assert_eq!(n("/a/.."), "/");
+        assert_eq!(n("/a/b/.."), "/a/");
+        assert_eq!(
+            normalize_path("/admin%2fx"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(
+            normalize_path("/a%5c..%5cadmin"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("a"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn strips_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn forwarded_for_trust() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let c = forwarded_headers(&mut h, "10.1.1.1".parse().unwrap(), &trusted, "http", "x");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 10.1.1.1");
+        assert_eq!(c, "1.2.3.4".parse::<IpAddr>().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let c = forwarded_headers(&mut h, "8.8.8.8".parse().unwrap(), &trusted, "http", "x");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "8.8.8.8");
+        assert_eq!(c, "8.8.8.8".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn framing() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a"));
+        assert!(check_framing(http::Version::HTTP_11, &h).is_ok());
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        assert!(check_framing(http::Version::HTTP_11, &h).is_err());
+        let h = HeaderMap::new();
+        assert!(check_framing(http::Version::HTTP_11, &h).is_err());
+        assert!(check_framing(http::Version::HTTP_2, &h).is_ok());
+    }
+
+    #[test]
+    fn traceparent_continues_trace() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let t = trace_context(&mut h);
+        assert_eq!(t, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let v = h.get("traceparent").unwrap().to_str().unwrap();
+        assert!(v.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!v.contains("00f067aa0ba902b7"));
+    }
+}

@@ -1,0 +1,259 @@
+//! Live gateway state. Everything a reload can change sits in one immutable [`Table`] behind an
+//! `ArcSwap`: a reload builds a complete new table off the request path and swaps it in one step,
+//! so in-flight requests finish on the table they started with.
+
+use crate::config::{Config, RouteSpec};
+use crate::metrics::Metrics;
+use crate::policy::{self, PluginInstance};
+use crate::router::Router;
+use crate::upstream::{self, Upstream};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+/// Per-route runtime objects.
+pub struct RouteRuntime {
+    pub spec: Arc<RouteSpec>,
+    pub upstream: Option<Arc<Upstream>>,
+    /// Global plugins first, then the route's, in config order.
+    pub plugins: Vec<Arc<PluginInstance>>,
+    pub budget: RetryBudget,
+}
+
+/// Everything a reload replaces.
+pub struct Table {
+    pub config: Arc<Config>,
+    pub router: Router<Arc<RouteRuntime>>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub loaded_at: SystemTime,
+}
+
+/// Outcome of the last reload attempt, for `/admin/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    pub at: String,
+    pub trigger: String,
+    pub error: Option<String>,
+    pub generation: u64,
+}
+
+pub struct Gateway {
+    table: ArcSwap<Table>,
+    pub metrics: Arc<Metrics>,
+    pub policies: policy::Runtime,
+    draining: AtomicBool,
+    pub last_reload: Mutex<ReloadStatus>,
+    generation: AtomicU64,
+    /// Serialises reloads so two triggers never build tables concurrently.
+    reload_lock: tokio::sync::Mutex<()>,
+    pub started: Instant,
+}
+
+/// Retries allowed as a share of recent requests, so retries cannot multiply an outage.
+pub struct RetryBudget {
+    percent: u64,
+    window_start_ms: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    epoch: Instant,
+}
+
+const BUDGET_WINDOW_MS: u64 = 10_000;
+const BUDGET_MIN_RETRIES: u64 = 10;
+
+impl RetryBudget {
+    pub fn new(percent: u32) -> Self {
+        Self {
+            percent: percent as u64,
+            window_start_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn roll(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(start) > BUDGET_WINDOW_MS
+            && self
+                .window_start_ms
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.requests.store(0, Ordering::Relaxed);
+            self.retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_request(&self) {
+        self.roll();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn can_retry(&self) -> bool {
+        let allowed =
+            BUDGET_MIN_RETRIES + self.requests.load(Ordering::Relaxed) * self.percent / 100;
+        self.retries.load(Ordering::Relaxed) < allowed
+    }
+}
+
+impl Gateway {
+    /// Builds the first table; fails if any plugin or upstream cannot be loaded.
+    pub async fn new(config: Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+        let policies = policy::Runtime::new(&config, &metrics)?;
+        let table = build_table(config, None, &policies).await?;
+        Ok(Arc::new(Self {
+            table: ArcSwap::from_pointee(table),
+            metrics,
+            policies,
+            draining: AtomicBool::new(false),
+            last_reload: Mutex::new(ReloadStatus {
+                ok: true,
+                at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                trigger: "start".into(),
+                error: None,
+                generation: 0,
+            }),
+            generation: AtomicU64::new(0),
+            reload_lock: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+        }))
+    }
+
+    /// The current table. Requests hold this `Arc` for their whole life.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Re-reads the config file (or uses `config`), builds a new table and swaps it in. On any
+    /// error the old table keeps serving and the error is recorded for `/admin/status`.
+    pub async fn reload(&self, trigger: &str) -> Result<(), String> {
+        let _guard = self.reload_lock.lock().await;
+        let current = self.table();
+        let result = async {
+            let Some(path) = current.config.source.clone() else {
+                return Err("the running config has no file to reload from".to_string());
+            };
+            let config = crate::config::load_file(&path).map_err(|e| e.to_string())?;
+            if config.listeners != current.config.listeners || config.admin != current.config.admin {
+                tracing::warn!("listener or admin changes need a restart; the new routes, upstreams and plugins are applied");
+            }
+            build_table(config, Some(&current), &self.policies)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        }
+        .await;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let status = match result {
+            Ok(table) => {
+                self.table.store(Arc::new(table));
+                self.metrics
+                    .reloads
+                    .get_or_create(&crate::metrics::ResultLabel {
+                        result: "ok".into(),
+                    })
+                    .inc();
+                tracing::info!(trigger, generation, "config reloaded");
+                ReloadStatus {
+                    ok: true,
+                    at,
+                    trigger: trigger.into(),
+                    error: None,
+                    generation,
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .reloads
+                    .get_or_create(&crate::metrics::ResultLabel {
+                        result: "error".into(),
+                    })
+                    .inc();
+                tracing::error!(trigger, error = %e, "reload rejected; the previous config keeps serving");
+                ReloadStatus {
+                    ok: false,
+                    at,
+                    trigger: trigger.into(),
+                    error: Some(e),
+                    generation,
+                }
+            }
+        };
+        let ok = status.ok;
+        let err = status.error.clone();
+        if let Ok(mut l) = self.last_reload.lock() {
+            *l = status;
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(err.unwrap_or_default())
+        }
+    }
+}
+
+/// Builds a table from a validated config. Upstreams whose spec did not change are carried over
+/// from `previous` (keeping pools and health state); plugins are loaded (cached by content hash).
+pub async fn build_table(
+    config: Config,
+    previous: Option<&Table>,
+    policies: &policy::Runtime,
+) -> anyhow::Result<Table> {
+    let mut upstreams = HashMap::new();
+    for (name, spec) in &config.upstreams {
+        let reused = previous
+            .and_then(|p| p.upstreams.get(name))
+            .filter(|u| &u.spec == spec)
+            .cloned();
+        let u = match reused {
+            Some(u) => u,
+            None => {
+                let u = Upstream::new(spec.clone())?;
+                upstream::health::spawn(&u);
+                u
+            }
+        };
+        upstreams.insert(name.clone(), u);
+    }
+    let globals = policies.load_all(&config.global_plugins, "global").await?;
+    let mut routes = Vec::new();
+    for r in &config.routes {
+        let mut plugins = globals.clone();
+        plugins.extend(
+            policies
+                .load_all(&r.plugins, &format!("route {}", r.name))
+                .await?,
+        );
+        let spec = Arc::new(r.clone());
+        let rt = Arc::new(RouteRuntime {
+            upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
+            plugins,
+            budget: RetryBudget::new(r.retries.budget_percent),
+            spec: spec.clone(),
+        });
+        routes.push((spec, rt));
+    }
+    Ok(Table {
+        config: Arc::new(config),
+        router: Router::new(routes),
+        upstreams,
+        loaded_at: SystemTime::now(),
+    })
+}

@@ -1,0 +1,62 @@
+//! Active health checks: one task per upstream that has `health` configured. The task holds only
+//! a `Weak` reference, so it ends by itself when a reload drops the upstream.
+
+use super::Upstream;
+use crate::body;
+use std::sync::{Arc, Weak};
+
+pub fn spawn(upstream: &Arc<Upstream>) {
+    let Some(spec) = upstream.spec.health.clone() else {
+        return;
+    };
+    let weak: Weak<Upstream> = Arc::downgrade(upstream);
+    tokio::spawn(async move {
+        let n = match weak.upgrade() {
+            Some(u) => u.targets.len(),
+            None => return,
+        };
+        let mut ok_streak = vec![0u32; n];
+        let mut fail_streak = vec![0u32; n];
+        let mut tick = tokio::time::interval(spec.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(up) = weak.upgrade() else { return };
+            let checks = up.targets.iter().map(|t| {
+                let uri = format!(
+                    "{}://{}{}",
+                    t.url.scheme_str().unwrap_or("http"),
+                    t.url.authority().map(|a| a.as_str()).unwrap_or(""),
+                    spec.path
+                );
+                let client = up.client.clone();
+                let timeout = spec.timeout;
+                async move {
+                    let Ok(req) = http::Request::get(uri).body(body::empty()) else {
+                        return false;
+                    };
+                    match tokio::time::timeout(timeout, client.request(req)).await {
+                        Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
+                        _ => false,
+                    }
+                }
+            });
+            let results = futures::future::join_all(checks).await;
+            for (i, ok) in results.into_iter().enumerate() {
+                if ok {
+                    ok_streak[i] += 1;
+                    fail_streak[i] = 0;
+                    if ok_streak[i] >= spec.healthy_after {
+                        up.set_healthy(i, true);
+                    }
+                } else {
+                    fail_streak[i] += 1;
+                    ok_streak[i] = 0;
+                    if fail_streak[i] >= spec.unhealthy_after {
+                        up.set_healthy(i, false);
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,229 @@
+//! Upstream clusters: targets with health state, a pooled keep-alive client, load balancing,
+//! passive ejection and a concurrency cap (circuit breaker).
+
+pub mod balancer;
+pub mod health;
+
+use crate::body::ProxyBody;
+use crate::config::{UpstreamProtocol, UpstreamSpec};
+use balancer::Balancer;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// One backend address of an upstream.
+pub struct Target {
+    pub url: http::Uri,
+    pub weight: u32,
+    /// Active health-check verdict (true until checks say otherwise).
+    pub healthy: AtomicBool,
+    pub in_flight: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    /// Milliseconds since `Upstream::epoch` until which the target is ejected (0 = not ejected).
+    ejected_until_ms: AtomicU64,
+}
+
+/// A named group of targets behind one client.
+pub struct Upstream {
+    pub spec: UpstreamSpec,
+    pub targets: Vec<Arc<Target>>,
+    pub client: HttpClient,
+    balancer: Balancer,
+    in_flight: AtomicUsize,
+    epoch: Instant,
+}
+
+/// Decrements the upstream and target in-flight counters when the request ends.
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    target: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(t) = self.upstream.targets.get(self.target) {
+            t.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("upstream {0:?}: cannot read CA {1}: {2}")]
+    Ca(String, String, String),
+}
+
+impl Upstream {
+    pub fn new(spec: UpstreamSpec) -> Result<Arc<Self>, BuildError> {
+        let client = build_client(&spec)?;
+        let targets: Vec<Arc<Target>> = spec
+            .targets
+            .iter()
+            .map(|t| {
+                Arc::new(Target {
+                    url: t.url.clone(),
+                    weight: t.weight,
+                    healthy: AtomicBool::new(true),
+                    in_flight: AtomicUsize::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejections: AtomicU32::new(0),
+                    ejected_until_ms: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        let balancer = Balancer::new(spec.lb, &targets);
+        Ok(Arc::new(Self {
+            spec,
+            targets,
+            client,
+            balancer,
+            in_flight: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether the target may receive traffic now (healthy and not ejected).
+    pub fn available(&self, idx: usize) -> bool {
+        self.targets.get(idx).is_some_and(|t| {
+            t.healthy.load(Ordering::Relaxed)
+                && t.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+        })
+    }
+
+    /// Picks a target, skipping `exclude` (targets already tried by this request).
+    pub fn pick(&self, hash_key: Option<u64>, exclude: &[usize]) -> Option<usize> {
+        let ok = |i: usize| self.available(i) && !exclude.contains(&i);
+        self.balancer
+            .pick(&self.targets, hash_key, &ok)
+            .or_else(|| {
+                // Every target is down or excluded: fall back to any non-excluded target rather than
+                // fail outright, as Envoy's panic threshold does.
+                self.balancer
+                    .pick(&self.targets, hash_key, &|i| !exclude.contains(&i))
+            })
+    }
+
+    /// Reserves a slot for a request to `target`; `None` if the circuit breaker is open.
+    pub fn acquire(self: &Arc<Self>, target: usize) -> Option<InFlight> {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(max) = self.spec.max_concurrent
+            && n >= max as usize
+        {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        if let Some(t) = self.targets.get(target) {
+            t.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(InFlight {
+            upstream: self.clone(),
+            target,
+        })
+    }
+
+    /// Passive health: record the outcome of a request to `target`. Consecutive failures eject it
+    /// for `base_ejection × 2^n` (capped), and a success resets the count.
+    pub fn report(&self, target: usize, success: bool) {
+        let Some(t) = self.targets.get(target) else {
+            return;
+        };
+        if success {
+            t.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.spec.passive.consecutive_failures {
+            t.consecutive_failures.store(0, Ordering::Relaxed);
+            let k = t.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+            let base = self.spec.passive.base_ejection.as_millis() as u64;
+            let dur = base
+                .saturating_mul(1 << k)
+                .min(self.spec.passive.max_ejection.as_millis() as u64);
+            t.ejected_until_ms
+                .store(self.now_ms() + dur, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.spec.name, target = %t.url, ejected_ms = dur, "target ejected after consecutive failures");
+        }
+    }
+
+    /// Marks a target healthy again through active checks; clears its ejection history.
+    pub fn set_healthy(&self, target: usize, healthy: bool) {
+        if let Some(t) = self.targets.get(target) {
+            let was = t.healthy.swap(healthy, Ordering::Relaxed);
+            if healthy && !was {
+                t.ejected_until_ms.store(0, Ordering::Relaxed);
+                t.ejections.store(0, Ordering::Relaxed);
+            }
+            if was != healthy {
+                tracing::info!(upstream = %self.spec.name, target = %t.url, healthy, "target health changed");
+            }
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+fn build_client(spec: &UpstreamSpec) -> Result<HttpClient, BuildError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(spec.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = &spec.tls_ca {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                BuildError::Ca(spec.name.clone(), ca.display().to_string(), e.to_string())
+            })?;
+        for c in certs {
+            roots.add(c).map_err(|e| {
+                BuildError::Ca(spec.name.clone(), ca.display().to_string(), e.to_string())
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BuildError::Ca(spec.name.clone(), "-".into(), e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let builder = match &spec.tls_sni {
+        Some(sni) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+            rustls_pki_types::ServerName::try_from(sni.clone())
+                .map_err(|e| BuildError::Ca(spec.name.clone(), format!("sni {sni}"), e.to_string()))?,
+        )),
+        None => builder,
+    };
+    let connector = match spec.protocol {
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::H2 => builder.enable_http2().wrap_connector(http),
+    };
+    let mut cb = Client::builder(TokioExecutor::new());
+    cb.pool_idle_timeout(spec.pool_idle_timeout)
+        .pool_max_idle_per_host(spec.pool_max_idle)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new());
+    if spec.protocol == UpstreamProtocol::H2 {
+        cb.http2_only(true);
+    }
+    Ok(cb.build(connector))
+}
