@@ -25,3 +25,11 @@ pub mod server;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+
+/// Where the build step put the first-party plugins and test fixtures (see `gateway/build.rs`).
+pub mod bundled {
+    /// `plugins/target/wasm32-wasip2/release` of this source tree.
+    pub const PLUGIN_DIR: &str = env!("WEIR_PLUGIN_DIR");
+    /// `plugins/fixtures/target/wasm32-wasip2/release` of this source tree.
+    pub const FIXTURE_DIR: &str = env!("WEIR_FIXTURE_DIR");
+}
