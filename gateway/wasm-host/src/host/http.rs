@@ -209,28 +209,32 @@ fn build_request(r: OutboundRequest) -> Result<Request<Full<Bytes>>, String> {
 }
 
 async fn send_one(plugin: &PluginShared, r: OutboundRequest) -> Result<OutboundResponse, String> {
-        check_allowed(&plugin.http_allow, &r.url)?;
-        let max = plugin.services.http_timeout;
-        let timeout = r
-            .timeout_ms
-            .map_or(max, |ms| Duration::from_millis(u64::from(ms)).min(max));
-        let req = build_request(r)?;
-        let (parts, body) = plugin.services.http.send(req, timeout, MAX_RESPONSE_BODY).await?;
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        Ok(OutboundResponse {
-            status: parts.status.as_u16(),
-            headers,
-            body: body.to_vec(),
+    check_allowed(&plugin.http_allow, &r.url)?;
+    let max = plugin.services.http_timeout;
+    let timeout = r
+        .timeout_ms
+        .map_or(max, |ms| Duration::from_millis(u64::from(ms)).min(max));
+    let req = build_request(r)?;
+    let (parts, body) = plugin
+        .services
+        .http
+        .send(req, timeout, MAX_RESPONSE_BODY)
+        .await?;
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
         })
+        .collect();
+    Ok(OutboundResponse {
+        status: parts.status.as_u16(),
+        headers,
+        body: body.to_vec(),
+    })
 }
 
 impl Host for HostState {
@@ -259,7 +263,8 @@ impl Host for HostState {
         }
         let t = Instant::now();
         let plugin = self.plugin.clone();
-        let r = futures::future::join_all(requests.into_iter().map(|req| send_one(&plugin, req))).await;
+        let r =
+            futures::future::join_all(requests.into_iter().map(|req| send_one(&plugin, req))).await;
         self.add_host_time(t);
         r
     }

@@ -3,7 +3,7 @@
 //! Names and labels are validated, and series per metric are capped to bound cardinality.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -93,10 +93,10 @@ impl CustomMetrics {
         // Fast path: existing metric and series.
         {
             let map = self.metrics.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = map.get(name) {
-                if e.series_index.contains(&key) {
-                    return apply(&e.metric, &key, name, value);
-                }
+            if let Some(e) = map.get(name)
+                && e.series_index.contains(&key)
+            {
+                return apply(&e.metric, &key, name, value);
             }
         }
         let mut map = self.metrics.write().unwrap_or_else(|e| e.into_inner());
@@ -195,13 +195,11 @@ impl Host for HostState {
     }
 }
 
-/// Shared handle type used by the runtime.
-pub(crate) type SharedCustomMetrics = Arc<CustomMetrics>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use prometheus_client::registry::Registry;
+    use std::sync::Arc;
 
     #[test]
     fn custom_metrics_validate_and_export_with_plugin_label() {
