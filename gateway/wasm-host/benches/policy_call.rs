@@ -4,43 +4,11 @@
 //! `RUST_LIB_BACKTRACE=0 cargo bench -p weir-wasm-host --bench policy_call`
 //! (RUST_BACKTRACE=1 adds 15–20 µs to each async call, see GUIDE §1).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use criterion::{Criterion, criterion_group, criterion_main};
 use weir_wasm_host::*;
 
-fn noop_wasm() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = root.join("target/wasm-fixtures");
-    let mut cmd = Command::new(env!("CARGO"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CARGO")
-            || k.starts_with("RUSTC")
-            || k == "RUSTFLAGS"
-            || k == "RUSTDOCFLAGS"
-        {
-            cmd.env_remove(&k);
-        }
-    }
-    let status = cmd
-        .current_dir(root.join("plugins/fixtures"))
-        .env("CARGO_TARGET_DIR", &target)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--quiet",
-            "-p",
-            "fixture-noop",
-        ])
-        .status()
-        .expect("run cargo for the fixtures");
-    assert!(status.success(), "building the noop fixture failed");
-    target.join("wasm32-wasip2/release/fixture_noop.wasm")
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn request() -> PolicyRequest {
     PolicyRequest {
@@ -60,12 +28,12 @@ fn request() -> PolicyRequest {
 }
 
 fn bench(c: &mut Criterion) {
-    let wasm = noop_wasm();
+    let wasm = common::fixture("noop");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio");
-    let runtime = PolicyRuntime::new(RuntimeConfig::default()).expect("runtime");
+    let runtime = common::runtime();
     let mut group = c.benchmark_group("noop_on_request");
     for (label, isolation) in [
         ("pooled", Isolation::Pooled),

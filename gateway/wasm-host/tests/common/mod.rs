@@ -1,7 +1,7 @@
 //! Test helpers: build the guest fixtures (`plugins/fixtures`, raw wit-bindgen) once per test
 //! binary and hand out their paths.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,10 +17,11 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Builds every fixture with `cargo build --release --target wasm32-wasip2` in the fixtures
-/// workspace, with its own target dir and none of the outer cargo's CARGO_*/RUSTFLAGS settings.
+/// workspace, with its own target dir (the one `gateway/build.rs` also uses, so they are built
+/// once) and none of the outer cargo's CARGO_*/RUSTFLAGS settings.
 fn build_fixtures() -> PathBuf {
     let root = repo_root();
-    let target = root.join("target/wasm-fixtures");
+    let target = root.join("plugins/fixtures/target");
     let mut cmd = Command::new(env!("CARGO"));
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
@@ -49,6 +50,7 @@ pub fn fixture(name: &str) -> PathBuf {
     dir.join(format!("fixture_{}.wasm", name.replace('-', "_")))
 }
 
+/// Shared by the tests and the bench (`#[path]`-included there).
 pub fn runtime() -> PolicyRuntime {
     PolicyRuntime::new(RuntimeConfig::default()).unwrap()
 }
