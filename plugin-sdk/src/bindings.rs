@@ -5,7 +5,11 @@
 //! A capability function compiled here but never called by the plugin is removed by the linker,
 //! and with it the component import: a plugin only imports the interfaces it uses.
 
-#![allow(missing_docs, reason = "generated bindings")]
+#![allow(
+    missing_docs,
+    clippy::too_many_arguments,
+    reason = "generated bindings"
+)]
 
 use std::cell::RefCell;
 
@@ -147,7 +151,13 @@ impl<P: Policy> Slot<P> {
 
     pub fn on_request(&self, req: wit::Request) -> wit::Action {
         let req = sdk::Request::from(req);
-        match self.policy.try_borrow().ok().as_deref().and_then(Option::as_ref) {
+        match self
+            .policy
+            .try_borrow()
+            .ok()
+            .as_deref()
+            .and_then(Option::as_ref)
+        {
             Some(p) => p.on_request(&req).into(),
             // The host always calls `init` first; answering beats trapping if it did not.
             None => sdk::Action::Respond(sdk::Response::problem(
@@ -161,7 +171,13 @@ impl<P: Policy> Slot<P> {
 
     pub fn on_response(&self, resp: wit::ResponseHead) -> wit::ResponseEdits {
         let resp = sdk::ResponseHead::from(resp);
-        match self.policy.try_borrow().ok().as_deref().and_then(Option::as_ref) {
+        match self
+            .policy
+            .try_borrow()
+            .ok()
+            .as_deref()
+            .and_then(Option::as_ref)
+        {
             Some(p) => p.on_response(&resp).into(),
             None => wit::ResponseEdits::from(sdk::ResponseEdits::default()),
         }
@@ -169,7 +185,13 @@ impl<P: Policy> Slot<P> {
 
     pub fn on_log(&self, entry: wit::LogEntry) {
         let entry = sdk::LogEntry::from(entry);
-        if let Some(p) = self.policy.try_borrow().ok().as_deref().and_then(Option::as_ref) {
+        if let Some(p) = self
+            .policy
+            .try_borrow()
+            .ok()
+            .as_deref()
+            .and_then(Option::as_ref)
+        {
             p.on_log(&entry);
         }
     }

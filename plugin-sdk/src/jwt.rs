@@ -89,7 +89,9 @@ impl Claims {
     pub fn from_json(text: &str) -> Result<Self, VerifyError> {
         match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => Ok(Claims(map)),
-            Ok(_) => Err(VerifyError::Malformed("claims are not a JSON object".into())),
+            Ok(_) => Err(VerifyError::Malformed(
+                "claims are not a JSON object".into(),
+            )),
             Err(e) => Err(VerifyError::Malformed(format!("claims are not JSON: {e}"))),
         }
     }

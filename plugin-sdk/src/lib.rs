@@ -88,7 +88,7 @@
 //! ## Testing
 //!
 //! With the `testing` feature (a dev-dependency), the capabilities are backed by a native mock
-//! host and [`testing::Harness`] drives a policy like the gateway does:
+//! host and `testing::Harness` drives a policy like the gateway does:
 //!
 //! ```
 //! # use weir_plugin_sdk::prelude::*;
@@ -102,14 +102,16 @@
 //! #         RequestEdits::default().set_header(&self.cfg.header, &who).into()
 //! #     }
 //! # }
+//! # #[cfg(feature = "testing")] {
 //! use weir_plugin_sdk::testing::Harness;
 //!
 //! let mut h = Harness::<AddHeader>::new(json!({ "header": "x-consumer" })).unwrap();
 //! let action = h.on_request_with_context(Request::get("/x"), &[("consumer", "alice")]);
 //! assert_eq!(action.edits().unwrap().set_header_value("x-consumer"), Some("alice"));
+//! # }
 //! ```
 //!
-//! Run them with plain `cargo test` on the host target. See [`testing::MockHost`] for programming
+//! Run them with plain `cargo test` on the host target. See `testing::MockHost` for programming
 //! JWT answers, HTTP responses, kv contents and the clock, and for reading captured logs and
 //! metrics.
 //!
@@ -140,14 +142,14 @@ pub mod bindings;
 #[cfg(target_arch = "wasm32")]
 use bindings as backend;
 
-#[cfg(all(not(target_arch = "wasm32"), feature = "testing"))]
+#[cfg(all(not(target_arch = "wasm32"), any(test, feature = "testing")))]
 pub mod testing;
-#[cfg(all(not(target_arch = "wasm32"), feature = "testing"))]
+#[cfg(all(not(target_arch = "wasm32"), any(test, feature = "testing")))]
 use testing as backend;
 
-#[cfg(all(not(target_arch = "wasm32"), not(feature = "testing")))]
+#[cfg(all(not(target_arch = "wasm32"), not(any(test, feature = "testing"))))]
 mod unavailable;
-#[cfg(all(not(target_arch = "wasm32"), not(feature = "testing")))]
+#[cfg(all(not(target_arch = "wasm32"), not(any(test, feature = "testing"))))]
 use unavailable as backend;
 
 use serde::de::DeserializeOwned;
@@ -249,12 +251,12 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings;
+    #[cfg(target_arch = "wasm32")]
     pub use crate::bindings::{
         Guest, Slot, WitAction, WitLogEntry, WitPluginInfo, WitRequest, WitResponseEdits,
         WitResponseHead,
     };
-    #[cfg(target_arch = "wasm32")]
-    pub use crate::bindings;
 }
 
 /// Exports a [`Policy`] type as the component's implementation of the `weir:policy` world.
@@ -297,7 +299,7 @@ macro_rules! export_policy {
                 }
             }
 
-            $crate::__export_policy_impl!(__WeirPolicy with_types_in $crate::__private::bindings);
+    $crate::__export_policy_impl!(__WeirPolicy with_types_in $crate::__private::bindings);
         };
 
         #[cfg(not(target_arch = "wasm32"))]

@@ -204,10 +204,7 @@ impl MockHost {
 
     /// `jwt::verify(token, _)` will succeed with these claims (JSON object text).
     pub fn jwt_accepts(token: &str, claims_json: &str) {
-        with(|s| {
-            s.jwt
-                .insert(token.to_string(), Ok(claims_json.to_string()))
-        });
+        with(|s| s.jwt.insert(token.to_string(), Ok(claims_json.to_string())));
     }
 
     /// `jwt::verify(token, _)` will fail with `error`. Tokens never programmed fail with
@@ -263,8 +260,7 @@ impl MockHost {
 }
 
 fn live_kv<'a>(s: &'a State, key: &str) -> Option<&'a KvEntry> {
-    s.kv
-        .get(key)
+    s.kv.get(key)
         .filter(|e| e.expires_at_ms.is_none_or(|t| t > s.now_ms))
 }
 
@@ -437,10 +433,12 @@ pub(crate) fn jwt_verify(token: &str, options: &VerifyOptions) -> Result<String,
 pub(crate) fn http_send(request: &OutboundRequest) -> Result<OutboundResponse, String> {
     with(|s| {
         s.http_sent.push(request.clone());
-        s.http
-            .get(&request.url)
-            .cloned()
-            .unwrap_or_else(|| Err(format!("mock host: no response programmed for {}", request.url)))
+        s.http.get(&request.url).cloned().unwrap_or_else(|| {
+            Err(format!(
+                "mock host: no response programmed for {}",
+                request.url
+            ))
+        })
     })
 }
 pub(crate) fn http_send_all(requests: &[OutboundRequest]) -> Vec<Result<OutboundResponse, String>> {
@@ -555,6 +553,7 @@ impl<P: Policy> Harness<P> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests may unwrap")]
 mod tests {
     use super::*;
     use crate::{kv, rate_limit};

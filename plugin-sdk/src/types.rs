@@ -650,6 +650,7 @@ impl LogEntry {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests may unwrap")]
 mod tests {
     use super::*;
 
@@ -682,7 +683,9 @@ mod tests {
         assert_eq!(req.cookie("a"), Some("1"));
         assert_eq!(req.cookie("b"), None);
         assert_eq!(req.bearer_token(), Some("abc"));
-        let basic = Request::get("/").header("authorization", "Basic xyz").build();
+        let basic = Request::get("/")
+            .header("authorization", "Basic xyz")
+            .build();
         assert_eq!(basic.bearer_token(), None);
     }
 
@@ -698,7 +701,9 @@ mod tests {
 
     #[test]
     fn with_header_replaces() {
-        let r = Response::new(200).with_header("A", "1").with_header("a", "2");
+        let r = Response::new(200)
+            .with_header("A", "1")
+            .with_header("a", "2");
         assert_eq!(r.headers, vec![("a".to_string(), "2".to_string())]);
     }
 }
