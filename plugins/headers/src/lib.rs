@@ -1,9 +1,9 @@
 //! `headers`: add, set and remove request and response headers.
 //!
 //! Values are templates: `{name}` is replaced by the request context entry `name` (e.g.
-//! `{consumer}` or `{jwt.sub}` set by an auth plugin earlier in the chain), and on the request
-//! side `{request.id}`, `{request.client_ip}`, `{request.route}`, `{request.host}`,
-//! `{request.method}` and `{request.path}` are available too. `{{` and `}}` are literal braces.
+//! `{consumer}` or `{jwt.sub}` set by an auth plugin earlier in the chain);
+//! `{request.id}`, `{request.client_ip}`, `{request.route}`, `{request.host}`, `{request.method}`
+//! and `{request.path}` are available in both directions. `{{` and `}}` are literal braces.
 //! A header whose template refers to a missing value is skipped rather than sent half-filled.
 
 use std::collections::BTreeMap;
@@ -113,6 +113,14 @@ impl Template {
         Ok(Template(parts))
     }
 
+    /// Names of the variables the template uses.
+    fn vars(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|p| match p {
+            Part::Var(v) => Some(v.as_str()),
+            Part::Lit(_) => None,
+        })
+    }
+
     /// The rendered value, or `None` if a variable is missing or the result could break the
     /// header framing (control characters from untrusted context values).
     fn render(&self, lookup: &dyn Fn(&str) -> Option<String>) -> Option<String> {
@@ -185,10 +193,25 @@ impl Ops {
     }
 }
 
+/// `{request.*}` template variables, available in both directions.
+fn request_var(req: &Request, name: &str) -> Option<String> {
+    Some(match name {
+        "request.id" => req.request_id.clone(),
+        "request.client_ip" => req.client_ip.clone(),
+        "request.route" => req.route.clone(),
+        "request.host" => req.host.clone(),
+        "request.method" => req.method.clone(),
+        "request.path" => req.path.clone(),
+        _ => return None,
+    })
+}
+
 /// The headers policy.
 pub struct Headers {
     request: Ops,
     response: Ops,
+    /// `request.*` variables used by response templates, carried over in the context.
+    response_request_vars: Vec<String>,
 }
 
 impl Policy for Headers {
@@ -200,24 +223,36 @@ impl Policy for Headers {
         if request.is_empty() && response.is_empty() {
             return Err("nothing to do: configure `request` and/or `response` operations".into());
         }
-        Ok(Self { request, response })
+        let mut response_request_vars: Vec<String> = response
+            .set
+            .iter()
+            .chain(&response.add)
+            .flat_map(|(_, t)| t.vars())
+            .filter(|v| v.starts_with("request."))
+            .map(str::to_string)
+            .collect();
+        response_request_vars.sort();
+        response_request_vars.dedup();
+        Ok(Self {
+            request,
+            response,
+            response_request_vars,
+        })
     }
 
     fn on_request(&self, req: &Request) -> Action {
+        let lookup = |name: &str| -> Option<String> {
+            request_var(req, name).or_else(|| context::get(name))
+        };
+        // The response phase has no request: hand it the request variables it uses.
+        for name in &self.response_request_vars {
+            if let Some(v) = request_var(req, name) {
+                context::set(name, &v);
+            }
+        }
         if self.request.is_empty() {
             return Action::next();
         }
-        let lookup = |name: &str| -> Option<String> {
-            match name {
-                "request.id" => Some(req.request_id.clone()),
-                "request.client_ip" => Some(req.client_ip.clone()),
-                "request.route" => Some(req.route.clone()),
-                "request.host" => Some(req.host.clone()),
-                "request.method" => Some(req.method.clone()),
-                "request.path" => Some(req.path.clone()),
-                other => context::get(other),
-            }
-        };
         let mut edits = RequestEdits::default();
         // Removal first, so `remove` + `add` of one name replaces client-sent values.
         for name in &self.request.remove {
@@ -325,6 +360,22 @@ mod tests {
         let e = h.on_response(ResponseHead::new(200));
         assert_eq!(e.set_header_value("x-served-for"), Some("bob"));
         assert_eq!(e.remove_headers, vec!["server"]);
+    }
+
+    #[test]
+    fn request_variables_reach_the_response() {
+        let mut h = Harness::<Headers>::new(json!({
+            "response": { "set": { "x-request-id": "{request.id}", "x-route": "{request.route}/{consumer}" } }
+        }))
+        .unwrap();
+        let a = h.on_request_with_context(
+            Request::get("/").request_id("rid-9").route("api"),
+            &[("consumer", "al")],
+        );
+        assert!(a.edits().unwrap().is_empty());
+        let e = h.on_response(ResponseHead::new(200));
+        assert_eq!(e.set_header_value("x-request-id"), Some("rid-9"));
+        assert_eq!(e.set_header_value("x-route"), Some("api/al"));
     }
 
     #[test]
