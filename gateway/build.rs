@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
     let root = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
     let plugins = root.join("plugins");
     let fixtures = plugins.join("fixtures");
@@ -32,7 +33,10 @@ fn main() {
             continue;
         }
         if let Err(e) = build_wasm(ws) {
-            println!("cargo:warning=plugins in {} were not built: {e}", ws.display());
+            println!(
+                "cargo:warning=plugins in {} were not built: {e}",
+                ws.display()
+            );
             println!("cargo:warning=install the target with `rustup target add wasm32-wasip2`");
         }
     }
@@ -40,7 +44,9 @@ fn main() {
 
 /// Re-run when any source file changes (but not for the build outputs under `target/`).
 fn watch_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         let name = e.file_name();
@@ -64,7 +70,11 @@ fn build_wasm(ws: &Path) -> Result<(), String> {
     // The outer build's settings must not leak into the guest build.
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTFLAGS" || k == "RUSTC_WRAPPER" || k == "RUSTC_WORKSPACE_WRAPPER" {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME"
+            || k == "RUSTFLAGS"
+            || k == "RUSTC_WRAPPER"
+            || k == "RUSTC_WORKSPACE_WRAPPER"
+        {
             cmd.env_remove(&k);
         }
     }
@@ -73,6 +83,10 @@ fn build_wasm(ws: &Path) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).lines().take(20).collect::<Vec<_>>().join(" | "))
+        Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join(" | "))
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 pub fn record(
     gw: &Arc<Gateway>,
     facts: &RequestFacts,
+    chain: Option<crate::policy::ChainSession>,
     status: StatusCode,
     head_latency: Duration,
     bytes: u64,
@@ -51,9 +52,9 @@ pub fn record(
             trace_id = %facts.trace_id,
         );
     }
-    if let Some(r) = &facts.route
-        && !r.plugins.is_empty()
+    if let Some(chain) = chain
+        && !chain.is_empty()
     {
-        crate::policy::spawn_on_log(gw, r.clone(), facts, status, total, bytes);
+        chain.spawn_on_log(crate::policy::log_entry(facts, status, total, bytes));
     }
 }

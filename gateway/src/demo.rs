@@ -61,23 +61,45 @@ pub async fn start(port: u16, admin_port: u16) -> anyhow::Result<(run::Running, 
         .replace("{ADMIN_PORT}", &admin_port.to_string())
         .replace("{USERS_A}", &users_a.to_string())
         .replace("{USERS_B}", &users_b.to_string())
-        .replace("{ORDERS}", &orders.to_string());
+        .replace("{ORDERS}", &orders.to_string())
+        .replace("{PLUGINS}", crate::bundled::PLUGIN_DIR);
     let cfg = crate::config::parse(&text, "<embedded demo config>", Path::new("."), None)?;
     let running = run::start(cfg).await?;
-    let banner = banner(port, admin_port);
+    let token = demo_token()?;
+    let banner = banner(port, admin_port, &token);
     Ok((running, banner))
 }
 
-fn banner(port: u16, admin: u16) -> String {
+/// An HS256 token for the demo key set, valid for one hour.
+fn demo_token() -> anyhow::Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({ "sub": "demo-user", "exp": exp });
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"weir-demo-secret-change-me-to-a-real-one"),
+    )?)
+}
+
+fn banner(port: u16, admin: u16, token: &str) -> String {
     format!(
         r#"Weir demo is running.
   public listener  http://127.0.0.1:{port}
   admin            http://127.0.0.1:{admin}
 
 Try:
-  curl -s http://127.0.0.1:{port}/users/42            # round robin over users-a / users-b, prefix stripped
-  curl -s http://127.0.0.1:{port}/orders?id=7          # the orders service
-  curl -s http://127.0.0.1:{port}/nope                 # JSON 404 (problem+json)
+  curl -si http://127.0.0.1:{port}/users/42           # round robin over users-a / users-b, prefix stripped,
+                                                       #   x-powered-by added by the `headers` Wasm policy
+  curl -si http://127.0.0.1:{port}/orders               # 401: api-key-auth wants a key
+  curl -si -H 'x-api-key: demo-key-alice' http://127.0.0.1:{port}/orders
+                                                       # 200, x-consumer: alice upstream; the 6th call in 10 s gets 429
+  curl -si http://127.0.0.1:{port}/secure               # 401 from jwt-auth
+  curl -si -H 'authorization: Bearer {token}' http://127.0.0.1:{port}/secure
+                                                       # 200, x-user: demo-user forwarded
+  curl -s http://127.0.0.1:{port}/nope                  # JSON 404 (problem+json)
   curl -s http://127.0.0.1:{admin}/metrics             # Prometheus metrics
   curl -s http://127.0.0.1:{admin}/admin/status        # routes, upstream health, plugins
 Ctrl-C drains and stops."#

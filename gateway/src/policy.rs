@@ -1,84 +1,462 @@
-//! Glue between the request path and the Wasm policy runtime (temporary: runtime being wired).
+//! Per-route Wasm policy chains: loading plugins through the runtime (`weir-wasm-host`) and
+//! running the request phases. Plugins run in config order (global ones first); they share one
+//! request-scoped metadata bag. A failing plugin follows its fail mode: `closed` answers 503,
+//! `open` skips it.
 
-use crate::body::ProxyBody;
-use crate::config::{Config, PluginRef};
+use crate::body::{self, ProxyBody};
+use crate::config::{self, Config, PluginRef};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::forward::Outgoing;
-use crate::proxy::{ConnInfo, RequestFacts};
+use crate::proxy::{ConnInfo, RequestFacts, collect_body, hygiene};
 use crate::state::{Gateway, RouteRuntime, Table};
-use http::{Response, StatusCode};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Response, StatusCode, header};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_wasm_host as host;
 
+/// Response bodies buffered for a plugin that declared `needs-response-body` are capped here.
+const MAX_BUFFERED_RESPONSE: u64 = 8 * 1024 * 1024;
+
+/// A plugin as attached to a route (or globally).
 pub struct PluginInstance {
     pub spec: PluginRef,
+    /// `global` or `route NAME`.
+    pub scope: String,
+    pub loaded: Arc<host::LoadedPlugin>,
 }
 
-pub struct Runtime;
+/// The gateway's handle on the policy runtime.
+pub struct Runtime {
+    rt: host::PolicyRuntime,
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("WEIR_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("weir")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir")))
+}
 
 impl Runtime {
-    pub fn new(_config: &Config, _metrics: &Metrics) -> anyhow::Result<Self> {
-        Ok(Runtime)
+    pub fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
+        let key_sets: HashMap<String, host::KeySetSpec> = config
+            .key_sets
+            .iter()
+            .map(|(name, k)| {
+                (
+                    name.clone(),
+                    host::KeySetSpec {
+                        hmac_secret: k.hmac_secret.clone(),
+                        pem_files: k.pem.clone(),
+                        jwks_file: k.jwks.clone(),
+                        jwks_url: k.jwks_url.clone(),
+                    },
+                )
+            })
+            .collect();
+        let cfg = host::RuntimeConfig {
+            cache_dir: config.runtime.cache_dir.clone().or_else(default_cache_dir),
+            key_sets,
+            ..host::RuntimeConfig::default()
+        };
+        let rt = host::PolicyRuntime::new(cfg)?;
+        if let Ok(mut reg) = metrics.registry.lock() {
+            rt.register_metrics(&mut reg);
+        }
+        Ok(Self { rt })
     }
+
+    /// Loads (compiles or takes from cache, checks grants, runs `init`) every plugin of a scope.
     pub async fn load_all(
         &self,
         refs: &[PluginRef],
         scope: &str,
     ) -> anyhow::Result<Vec<Arc<PluginInstance>>> {
-        if let Some(p) = refs.first() {
-            anyhow::bail!("{scope}: plugin {:?}: policy runtime not wired yet", p.name);
+        let mut out = Vec::with_capacity(refs.len());
+        for (i, r) in refs.iter().enumerate() {
+            let mut spec = host::PluginSpec::new(format!("{scope}/{i}:{}", r.name), r.wasm.clone());
+            spec.name = r.name.clone();
+            spec.config_json = r.config_json.clone();
+            spec.on_error = match r.on_error {
+                config::FailMode::Closed => host::FailMode::Closed,
+                config::FailMode::Open => host::FailMode::Open,
+            };
+            spec.isolation = match r.isolation {
+                config::Isolation::Pooled => host::Isolation::Pooled,
+                config::Isolation::Request => host::Isolation::Request,
+            };
+            spec.memory_limit = r.memory;
+            spec.cpu_limit = r.cpu;
+            spec.http_allow = r.http_allow.clone();
+            let loaded = self.rt.load(&spec).await?;
+            out.push(Arc::new(PluginInstance {
+                spec: r.clone(),
+                scope: scope.to_string(),
+                loaded,
+            }));
         }
-        Ok(Vec::new())
+        Ok(out)
     }
+
     pub fn backend_status(&self) -> serde_json::Value {
         serde_json::json!({ "kv": "in-process", "rate_limit": "in-process" })
     }
+
+    pub fn inner(&self) -> &host::PolicyRuntime {
+        &self.rt
+    }
 }
 
+/// What the request phase decided.
 pub enum PolicyOutcome {
     Continue,
     Respond(Response<ProxyBody>),
 }
 
-pub struct ChainSession<'a> {
-    plugins: &'a [Arc<PluginInstance>],
+/// The policy side of one request: one session per plugin (so a `request`-isolated plugin keeps
+/// its instance for all phases) and the shared metadata bag.
+pub struct ChainSession {
+    route: Arc<RouteRuntime>,
+    sessions: Vec<Option<host::PluginSession>>,
+    cx: host::RequestContext,
 }
 
-impl<'a> ChainSession<'a> {
-    pub fn new(plugins: &'a [Arc<PluginInstance>]) -> Self {
-        Self { plugins }
+impl ChainSession {
+    pub fn new(route: &Arc<RouteRuntime>) -> Self {
+        Self {
+            route: route.clone(),
+            sessions: route.plugins.iter().map(|_| None).collect(),
+            cx: host::RequestContext::new(),
+        }
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.route.plugins.is_empty()
+    }
+
+    /// The session of plugin `i` (created on first use) and the shared bag, borrowed together.
+    fn session(
+        &mut self,
+        i: usize,
+    ) -> Option<(&mut host::PluginSession, &mut host::RequestContext)> {
+        let p = self.route.plugins.get(i)?;
+        let s = self
+            .sessions
+            .get_mut(i)?
+            .get_or_insert_with(|| p.loaded.session());
+        Some((s, &mut self.cx))
+    }
+
+    /// Runs `on-request` of every plugin in order; stops at the first that answers.
     pub async fn on_request(
         &mut self,
         _gw: &Arc<Gateway>,
-        _conn: &ConnInfo,
-        _facts: &RequestFacts,
-        _out: &mut Outgoing,
+        conn: &ConnInfo,
+        facts: &RequestFacts,
+        out: &mut Outgoing,
     ) -> Result<PolicyOutcome, GatewayError> {
-        let _ = self.plugins;
+        if self.is_empty() {
+            return Ok(PolicyOutcome::Continue);
+        }
+        let mut buffered: Option<bytes::Bytes> = None;
+        for i in 0..self.route.plugins.len() {
+            let plugin = self.route.plugins[i].clone();
+            let body = if plugin.loaded.info.needs_request_body {
+                if buffered.is_none() {
+                    let b = out.body.take().unwrap_or_else(body::empty);
+                    buffered = Some(collect_body(b, self.route.spec.max_body).await?);
+                }
+                buffered.as_ref().map(|b| b.to_vec())
+            } else {
+                None
+            };
+            let req = host::PolicyRequest {
+                method: out.parts.method.to_string(),
+                path: out.path.clone(),
+                query: out.parts.uri.query().map(str::to_string),
+                headers: to_fields(&out.parts.headers),
+                body,
+                client_ip: facts.client_ip.to_string(),
+                route: self.route.spec.name.clone(),
+                request_id: facts.request_id.clone(),
+                scheme: conn.scheme.to_string(),
+                host: facts.host.clone(),
+            };
+            let Some((session, cx)) = self.session(i) else {
+                break;
+            };
+            let result = session.on_request(cx, req).await;
+            match result {
+                Ok(host::Action::Continue(edits)) => {
+                    if let Some(b) = apply_request_edits(out, edits)? {
+                        buffered = Some(b);
+                    }
+                }
+                Ok(host::Action::Respond(r)) => {
+                    let res = local_response(r, &facts.request_id);
+                    // Plugins that already ran still see the local answer (e.g. CORS headers on a 401).
+                    self.sessions.truncate(i + 1);
+                    let res = self.on_response_upto(facts, res, i + 1).await?;
+                    return Ok(PolicyOutcome::Respond(res));
+                }
+                Err(e) => fail(&plugin, e)?,
+            }
+        }
+        if let Some(b) = buffered {
+            out.parts.headers.remove(header::TRANSFER_ENCODING);
+            out.parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+            out.body = Some(body::full(b));
+        }
         Ok(PolicyOutcome::Continue)
     }
+
+    /// Runs `on-response` of every plugin that took part in the request, in order.
     pub async fn on_response(
         &mut self,
         _gw: &Arc<Gateway>,
-        _facts: &RequestFacts,
+        facts: &RequestFacts,
         res: Response<ProxyBody>,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        Ok(res)
+        let n = self.sessions.len();
+        self.on_response_upto(facts, res, n).await
+    }
+
+    async fn on_response_upto(
+        &mut self,
+        _facts: &RequestFacts,
+        res: Response<ProxyBody>,
+        upto: usize,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        if self.is_empty() || res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(res);
+        }
+        let (mut parts, mut b) = res.into_parts();
+        let mut buffered: Option<bytes::Bytes> = None;
+        for i in 0..upto.min(self.route.plugins.len()) {
+            let plugin = self.route.plugins[i].clone();
+            let body = if plugin.loaded.info.needs_response_body {
+                if buffered.is_none() {
+                    let taken = std::mem::replace(&mut b, body::empty());
+                    buffered = Some(collect_body(taken, MAX_BUFFERED_RESPONSE).await.map_err(
+                        |_| GatewayError::UpstreamFailed {
+                            upstream: self.route.spec.upstream.clone().unwrap_or_default(),
+                            reason: "response body too large for a policy that reads it".into(),
+                        },
+                    )?);
+                }
+                buffered.as_ref().map(|x| x.to_vec())
+            } else {
+                None
+            };
+            let head = host::ResponseHead {
+                status: parts.status.as_u16(),
+                headers: to_fields(&parts.headers),
+                body,
+            };
+            let Some((session, cx)) = self.session(i) else {
+                break;
+            };
+            match session.on_response(cx, head).await {
+                Ok(edits) => {
+                    if let Some(s) = edits.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+                        parts.status = s;
+                    }
+                    edit_headers(
+                        &mut parts.headers,
+                        edits.set_headers,
+                        edits.append_headers,
+                        edits.remove_headers,
+                    );
+                    if let Some(nb) = edits.body {
+                        buffered = Some(bytes::Bytes::from(nb));
+                    }
+                }
+                Err(e) => fail(&plugin, e)?,
+            }
+        }
+        if let Some(bb) = buffered {
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bb.len()));
+            b = body::full(bb);
+        }
+        Ok(Response::from_parts(parts, b))
+    }
+
+    /// Runs `on-log` of every plugin that took part, in the background.
+    pub fn spawn_on_log(mut self, entry: host::LogEntry) {
+        if self.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for i in 0..self.sessions.len() {
+                let plugin = self.route.plugins[i].clone();
+                if let Some((s, cx)) = self.session(i)
+                    && let Err(e) = s.on_log(cx, entry.clone()).await
+                {
+                    tracing::warn!(plugin = %plugin.loaded.id, error = %e, "on-log failed");
+                }
+            }
+        });
     }
 }
 
-pub fn spawn_on_log(
-    _gw: &Arc<Gateway>,
-    _route: Arc<RouteRuntime>,
-    _facts: &RequestFacts,
-    _status: StatusCode,
-    _total: Duration,
-    _bytes: u64,
-) {
+/// Applies the fail mode: `closed` → 503, `open` → logged and skipped.
+fn fail(plugin: &PluginInstance, e: host::PluginError) -> Result<(), GatewayError> {
+    match plugin.loaded.on_error {
+        host::FailMode::Open => {
+            tracing::warn!(plugin = %plugin.loaded.id, kind = %e.kind, error = %e, "policy failed; on_error = open, skipping it");
+            Ok(())
+        }
+        host::FailMode::Closed => {
+            tracing::error!(plugin = %plugin.loaded.id, kind = %e.kind, error = %e, "policy failed; on_error = closed, answering 503");
+            Err(GatewayError::PluginFailed {
+                plugin: plugin.spec.name.clone(),
+                reason: e.kind.to_string(),
+            })
+        }
+    }
 }
 
-pub fn status(_table: &Table) -> serde_json::Value {
-    serde_json::json!([])
+fn to_fields(h: &HeaderMap) -> host::Fields {
+    h.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn edit_headers(h: &mut HeaderMap, set: host::Fields, append: host::Fields, remove: Vec<String>) {
+    for name in remove {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            h.remove(n);
+        }
+    }
+    let mut first_set: Vec<HeaderName> = Vec::new();
+    for (k, v) in set {
+        let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) else {
+            tracing::debug!(header = %k, "policy set an invalid header; ignored");
+            continue;
+        };
+        // Several values for one name in `set-headers` all survive.
+        if first_set.contains(&n) {
+            h.append(n, v);
+        } else {
+            first_set.push(n.clone());
+            h.insert(n, v);
+        }
+    }
+    for (k, v) in append {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            h.append(n, v);
+        }
+    }
+}
+
+/// Applies a plugin's request edits; returns a replacement body if the plugin set one.
+fn apply_request_edits(
+    out: &mut Outgoing,
+    e: host::RequestEdits,
+) -> Result<Option<bytes::Bytes>, GatewayError> {
+    if let Some(m) = e.method {
+        out.parts.method = http::Method::from_bytes(m.as_bytes())
+            .map_err(|_| GatewayError::Internal(format!("policy set an invalid method {m:?}")))?;
+    }
+    if let Some(p) = e.path {
+        out.path = hygiene::normalize_path(&p).map_err(|err| {
+            GatewayError::Internal(format!("policy set an invalid path {p:?}: {err}"))
+        })?;
+    }
+    if let Some(q) = e.query {
+        let pq = if q.is_empty() {
+            out.path.clone()
+        } else {
+            format!("{}?{q}", out.path)
+        };
+        out.parts.uri = http::Uri::try_from(pq)
+            .map_err(|err| GatewayError::Internal(format!("policy set an invalid query: {err}")))?;
+    }
+    edit_headers(
+        &mut out.parts.headers,
+        e.set_headers,
+        e.append_headers,
+        e.remove_headers,
+    );
+    Ok(e.body.map(bytes::Bytes::from))
+}
+
+fn local_response(r: host::LocalResponse, request_id: &str) -> Response<ProxyBody> {
+    let mut res = Response::new(body::full(r.body));
+    *res.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    edit_headers(res.headers_mut(), r.headers, Vec::new(), Vec::new());
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// `on-log` entry for a finished request.
+pub fn log_entry(
+    facts: &RequestFacts,
+    status: StatusCode,
+    total: Duration,
+    bytes: u64,
+) -> host::LogEntry {
+    host::LogEntry {
+        route: facts
+            .route
+            .as_ref()
+            .map(|r| r.spec.name.clone())
+            .unwrap_or_default(),
+        method: facts.method.to_string(),
+        path: facts.path.clone(),
+        status: status.as_u16(),
+        latency_us: total.as_micros() as u64,
+        client_ip: facts.client_ip.to_string(),
+        request_id: facts.request_id.clone(),
+        upstream: facts.upstream_target.clone(),
+        bytes_sent: bytes,
+    }
+}
+
+/// Plugins of the active table for `/admin/status`.
+pub fn status(table: &Table) -> serde_json::Value {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (_, r) in table.router.entries() {
+        for p in &r.plugins {
+            if !seen.insert(p.loaded.id.clone()) {
+                continue;
+            }
+            out.push(serde_json::json!({
+                "id": p.loaded.id,
+                "name": p.spec.name,
+                "scope": p.scope,
+                "wasm": p.loaded.wasm.display().to_string(),
+                "sha256": p.loaded.sha256,
+                "loaded_at": humantime::format_rfc3339_seconds(p.loaded.loaded_at).to_string(),
+                "isolation": format!("{:?}", p.loaded.isolation).to_lowercase(),
+                "on_error": format!("{:?}", p.loaded.on_error).to_lowercase(),
+                "needs_request_body": p.loaded.info.needs_request_body,
+                "needs_response_body": p.loaded.info.needs_response_body,
+            }));
+        }
+    }
+    serde_json::Value::Array(out)
 }

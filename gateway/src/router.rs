@@ -35,6 +35,11 @@ impl<R> Router<R> {
             .find(|(r, _)| matches(r, host, path, method, headers))
     }
 
+    /// Routes in match order.
+    pub fn entries(&self) -> impl Iterator<Item = &(Arc<RouteSpec>, R)> {
+        self.entries.iter()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

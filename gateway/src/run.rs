@@ -152,8 +152,8 @@ async fn watch_files(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     let mut dirs: HashSet<PathBuf> = HashSet::new();
     let mut files = watched_files(&gw);
     let rewatch = |files: &HashSet<PathBuf>,
-                       dirs: &mut HashSet<PathBuf>,
-                       w: &mut notify::RecommendedWatcher| {
+                   dirs: &mut HashSet<PathBuf>,
+                   w: &mut notify::RecommendedWatcher| {
         for f in files {
             if let Some(d) = f.parent()
                 && dirs.insert(d.to_path_buf())

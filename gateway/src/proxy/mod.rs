@@ -67,7 +67,9 @@ pub async fn handle(
         route: None,
         upstream_target: None,
     };
-    let mut res = match route_and_forward(&gw, &table, &conn, req, &mut facts).await {
+    // The route's policy sessions, kept until `on-log` (apart from `facts`: they are not `Sync`).
+    let mut chain: Option<policy::ChainSession> = None;
+    let mut res = match route_and_forward(&gw, &table, &conn, req, &mut facts, &mut chain).await {
         Ok(res) => res,
         Err(e) => {
             let id = (!facts.request_id.is_empty()).then_some(facts.request_id.as_str());
@@ -86,7 +88,7 @@ pub async fn handle(
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(finish(&gw, facts, res))
+    Ok(finish(&gw, facts, chain, res))
 }
 
 async fn route_and_forward(
@@ -95,6 +97,7 @@ async fn route_and_forward(
     conn: &ConnInfo,
     req: Request<Incoming>,
     facts: &mut RequestFacts,
+    chain: &mut Option<policy::ChainSession>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     // 1. Framing and sizes.
     hygiene::check_framing(req.version(), req.headers())
@@ -153,13 +156,28 @@ async fn route_and_forward(
     }
     let body: ProxyBody = body::boxed(http_body_util::Limited::new(body, max_body as usize));
 
-    // 6. Policies, in order. They see the normalised path.
-    let mut session = policy::ChainSession::new(&route.plugins);
-    let mut fwd = forward::Outgoing {
+    let fwd = forward::Outgoing {
         parts,
         path: path.clone(),
         body: Some(body),
     };
+    let mut session = policy::ChainSession::new(&route);
+    let result = proxy_with_policies(gw, conn, facts, &route, &mut session, fwd, on_upgrade).await;
+    *chain = Some(session);
+    result
+}
+
+/// Steps 6–8: request policies, the upstream, response policies.
+async fn proxy_with_policies(
+    gw: &Arc<Gateway>,
+    conn: &ConnInfo,
+    facts: &mut RequestFacts,
+    route: &Arc<RouteRuntime>,
+    session: &mut policy::ChainSession,
+    mut fwd: forward::Outgoing,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    // 6. Policies, in order. They see the normalised path.
     if let PolicyOutcome::Respond(res) = session.on_request(gw, conn, facts, &mut fwd).await? {
         return Ok(res);
     }
@@ -171,7 +189,7 @@ async fn route_and_forward(
             route.spec.name
         )));
     };
-    let mut res = forward::send(gw, &route, &upstream, fwd, facts).await?;
+    let mut res = forward::send(gw, route, &upstream, fwd, facts).await?;
     let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
     hygiene::strip_response_hop_by_hop(res.headers_mut(), switching);
     let res = match (res.status(), on_upgrade) {
@@ -232,6 +250,7 @@ fn request_host(req: &Request<Incoming>) -> Result<String, GatewayError> {
 fn finish(
     gw: &Arc<Gateway>,
     facts: RequestFacts,
+    chain: Option<policy::ChainSession>,
     mut res: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
     if !facts.request_id.is_empty()
@@ -243,11 +262,15 @@ fn finish(
     let head_latency = facts.start.elapsed();
     let gw = gw.clone();
     let (parts, body) = res.into_parts();
+    // The mutex only makes the closure `Sync` (plugin sessions are `Send`); it is never contended.
+    let facts = std::sync::Mutex::new((facts, chain));
     let body = CountingBody {
         inner: body,
         bytes: 0,
         done: Some(Box::new(move |bytes| {
-            crate::access::record(&gw, &facts, status, head_latency, bytes);
+            if let Ok((facts, chain)) = facts.into_inner() {
+                crate::access::record(&gw, &facts, chain, status, head_latency, bytes);
+            }
         })),
     };
     Response::from_parts(parts, body::boxed(body))
@@ -298,15 +321,24 @@ impl Drop for CountingBody {
 }
 
 /// Collects a body up to `limit` bytes (used when a policy declared it needs the body).
-pub async fn collect_body(body: ProxyBody, limit: u64) -> Result<Bytes, GatewayError> {
-    match http_body_util::Limited::new(body, limit as usize)
-        .collect()
-        .await
-    {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if is_length_limit(e.as_ref()) => Err(GatewayError::BodyTooLarge(limit)),
-        Err(e) => Err(GatewayError::BadRequest(format!("reading body: {e}"))),
+pub async fn collect_body(mut body: ProxyBody, limit: u64) -> Result<Bytes, GatewayError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if is_length_limit(e.as_ref()) {
+                GatewayError::BodyTooLarge(limit)
+            } else {
+                GatewayError::BadRequest(format!("reading body: {e}"))
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                return Err(GatewayError::BodyTooLarge(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
     }
+    Ok(buf.freeze())
 }
 
 /// Whether an error chain contains a body length-limit violation.
@@ -325,4 +357,10 @@ pub fn is_length_limit(mut e: &(dyn std::error::Error + 'static)) -> bool {
 /// A problem response for protocol-level refusals made outside the request path.
 pub fn reject(status: StatusCode, detail: &str) -> Response<ProxyBody> {
     problem(status, "bad-request", detail, None)
+}
+/// Compile-time guard: the request future must stay `Send` (hyper spawns it on any worker).
+#[allow(dead_code)]
+fn _assert_send(gw: Arc<Gateway>, c: Arc<ConnInfo>, r: Request<Incoming>) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(handle(gw, c, r));
 }

@@ -208,8 +208,9 @@ fn build_client(spec: &UpstreamSpec) -> Result<HttpClient, BuildError> {
         .https_or_http();
     let builder = match &spec.tls_sni {
         Some(sni) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-            rustls_pki_types::ServerName::try_from(sni.clone())
-                .map_err(|e| BuildError::Ca(spec.name.clone(), format!("sni {sni}"), e.to_string()))?,
+            rustls_pki_types::ServerName::try_from(sni.clone()).map_err(|e| {
+                BuildError::Ca(spec.name.clone(), format!("sni {sni}"), e.to_string())
+            })?,
         )),
         None => builder,
     };
