@@ -27,6 +27,13 @@ pub struct UpstreamOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AggregateLabel {
+    pub route: String,
+    pub backend: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabel {
     pub upstream: String,
     pub target: String,
@@ -51,6 +58,8 @@ pub struct Metrics {
     pub target_in_flight: Family<TargetLabel, Gauge>,
     pub connections: Family<ListenerLabel, Gauge>,
     pub reloads: Family<ResultLabel, Counter>,
+    pub aggregate_calls: Family<AggregateLabel, Counter>,
+    pub aggregate_latency: Family<RouteLabel, Histogram>,
     pub registry: Mutex<Registry>,
 }
 
@@ -75,6 +84,10 @@ impl Metrics {
         let target_in_flight = Family::<TargetLabel, Gauge>::default();
         let connections = Family::<ListenerLabel, Gauge>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let aggregate_calls = Family::<AggregateLabel, Counter>::default();
+        let aggregate_latency = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
         let mut r = Registry::with_prefix("weir");
         r.register(
             "requests",
@@ -116,7 +129,19 @@ impl Metrics {
             "Config reloads by result",
             reloads.clone(),
         );
+        r.register(
+            "aggregate_backend_calls",
+            "Aggregate backend calls by route, backend and outcome",
+            aggregate_calls.clone(),
+        );
+        r.register(
+            "aggregate_backend_duration_seconds",
+            "Aggregate backend latency, by route/backend",
+            aggregate_latency.clone(),
+        );
         Self {
+            aggregate_calls,
+            aggregate_latency,
             requests,
             latency,
             upstream_requests,

@@ -20,6 +20,8 @@ pub struct RouteRuntime {
     /// Global plugins first, then the route's, in config order.
     pub plugins: Vec<Arc<PluginInstance>>,
     pub budget: RetryBudget,
+    /// Fan-out backends with their upstreams (empty for a plain proxy route).
+    pub aggregate: Vec<(crate::config::AggregateBackend, Arc<Upstream>)>,
 }
 
 /// Everything a reload replaces.
@@ -246,6 +248,11 @@ pub async fn build_table(
             upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
             plugins,
             budget: RetryBudget::new(r.retries.budget_percent),
+            aggregate: r
+                .aggregate
+                .iter()
+                .filter_map(|a| upstreams.get(&a.upstream).map(|u| (a.clone(), u.clone())))
+                .collect(),
             spec: spec.clone(),
         });
         routes.push((spec, rt));

@@ -815,6 +815,9 @@ impl Validator<'_> {
             #[serde(default = "yes")]
             required: bool,
             timeout: Option<String>,
+            #[serde(default)]
+            headers: Vec<String>,
+            query: Option<Vec<String>>,
         }
         fn yes() -> bool {
             true
@@ -827,6 +830,9 @@ impl Validator<'_> {
             let aat = at.key("aggregate").index(i);
             match v.clone().try_into::<RawAgg>() {
                 Ok(a) => {
+                    if !a.path.starts_with('/') {
+                        self.err(&aat.key("path"), "path must start with '/'");
+                    }
                     if !upstreams.contains_key(&a.upstream) {
                         self.err(
                             &aat.key("upstream"),
@@ -843,6 +849,12 @@ impl Validator<'_> {
                         path: a.path,
                         group: a.group,
                         required: a.required,
+                        forward_headers: a
+                            .headers
+                            .iter()
+                            .filter_map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+                            .collect(),
+                        forward_query: a.query,
                     });
                 }
                 Err(e) => self.err(&aat, e.to_string()),

@@ -141,10 +141,17 @@ pub struct RouteSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregateBackend {
     pub upstream: String,
+    /// Path (and optional query) sent to the backend.
     pub path: String,
+    /// Key the backend's JSON goes under; `None` merges its object at the root.
     pub group: Option<String>,
+    /// A failed required backend fails the whole call; an optional one is left out.
     pub required: bool,
     pub timeout: Duration,
+    /// Client headers copied to this backend.
+    pub forward_headers: Vec<http::HeaderName>,
+    /// Client query parameters copied (`None` = the whole query string).
+    pub forward_query: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default)]

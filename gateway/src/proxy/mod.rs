@@ -12,6 +12,7 @@
 //!
 //! Every local answer goes through [`crate::error`].
 
+pub mod aggregate;
 pub mod forward;
 pub mod hygiene;
 
@@ -182,7 +183,11 @@ async fn proxy_with_policies(
         return Ok(res);
     }
 
-    // 7. Upstream.
+    // 7. Upstream (or the fan-out to several).
+    if !route.aggregate.is_empty() {
+        let res = aggregate::run(gw, route, fwd, facts).await?;
+        return session.on_response(gw, facts, res).await;
+    }
     let Some(upstream) = route.upstream.clone() else {
         return Err(GatewayError::Internal(format!(
             "route {:?} has no upstream and no policy answered",
