@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod extra_b;
 pub mod upstream;
 
 use bytes::Bytes;
