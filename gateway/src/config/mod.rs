@@ -435,11 +435,6 @@ impl Validator<'_> {
                 l.header_read_timeout.as_ref(),
                 d.header_read_timeout,
             ),
-            keepalive_idle: self.duration(
-                &at.key("keepalive_idle"),
-                l.keepalive_idle.as_ref(),
-                d.keepalive_idle,
-            ),
             max_connections: l.max_connections.map_or(d.max_connections, |n| n as usize),
             h2_max_streams: l.h2_max_streams.unwrap_or(d.h2_max_streams),
             connect_timeout: self.duration(

@@ -212,7 +212,6 @@ pub struct RawLimits {
     pub max_uri: Option<String>,
     pub max_body: Option<String>,
     pub header_read_timeout: Option<String>,
-    pub keepalive_idle: Option<String>,
     pub max_connections: Option<u32>,
     pub h2_max_streams: Option<u32>,
     pub connect_timeout: Option<String>,
