@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod extra_b;
+pub mod extra_c;
 pub mod upstream;
 
 use bytes::Bytes;
