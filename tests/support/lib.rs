@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod extra_a;
 pub mod extra_b;
 pub mod extra_c;
 pub mod upstream;
