@@ -6,6 +6,7 @@
 //! - [`proxy`]: the request path, one step per function, in order;
 //! - [`router`], [`upstream`]: routing, load balancing, health, pools;
 //! - [`policy`]: the per-route Wasm policy chains (runtime in the `weir-wasm-host` crate);
+//!   [`cluster`]: their rate limits and kv shared across instances through Redis;
 //! - [`state`]: the hot-swappable table and reloads; [`admin`], [`metrics`], [`access`]: observability;
 //! - [`error`]: the one place errors become HTTP responses.
 
@@ -13,6 +14,7 @@ pub mod access;
 pub mod admin;
 pub mod body;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -32,6 +32,8 @@ pub struct PluginInstance {
 /// The gateway's handle on the policy runtime.
 pub struct Runtime {
     rt: host::PolicyRuntime,
+    /// Redis-backed limits and kv when `[cluster]` is configured (fixed until restart).
+    cluster: Option<crate::cluster::ClusterBackend>,
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
@@ -58,16 +60,28 @@ impl Runtime {
                 )
             })
             .collect();
-        let cfg = host::RuntimeConfig {
+        let mut cfg = host::RuntimeConfig {
             cache_dir: config.runtime.cache_dir.clone().or_else(default_cache_dir),
             key_sets,
             ..host::RuntimeConfig::default()
         };
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(crate::cluster::ClusterBackend::new)
+            .transpose()?;
+        if let Some(c) = &cluster {
+            cfg.kv = c.kv();
+            cfg.limiter = c.limiter();
+        }
         let rt = host::PolicyRuntime::new(cfg)?;
         if let Ok(mut reg) = metrics.registry.lock() {
             rt.register_metrics(&mut reg);
+            if let Some(c) = &cluster {
+                c.register_metrics(&mut reg);
+            }
         }
-        Ok(Self { rt })
+        Ok(Self { rt, cluster })
     }
 
     /// Loads (compiles or takes from cache, checks grants, runs `init`) every plugin of a scope.
@@ -103,7 +117,10 @@ impl Runtime {
     }
 
     pub fn backend_status(&self) -> serde_json::Value {
-        serde_json::json!({ "kv": "in-process", "rate_limit": "in-process" })
+        match &self.cluster {
+            Some(c) => c.status(),
+            None => serde_json::json!({ "kv": "in-process", "rate_limit": "in-process" }),
+        }
     }
 
     pub fn inner(&self) -> &host::PolicyRuntime {

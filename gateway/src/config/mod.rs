@@ -382,20 +382,10 @@ impl Validator<'_> {
                 .and_then(|r| r.pool_max_uses)
                 .unwrap_or(10_000),
         };
-        let cluster = raw.cluster.as_ref().map(|c| {
-            let at = root.key("cluster");
-            if !c.redis.starts_with("redis://") && !c.redis.starts_with("rediss://") {
-                self.err(&at.key("redis"), "expected a redis:// URL");
-            }
-            Cluster {
-                redis: c.redis.clone(),
-                timeout: self.duration(
-                    &at.key("timeout"),
-                    c.timeout.as_ref(),
-                    Duration::from_millis(50),
-                ),
-            }
-        });
+        let cluster = raw
+            .cluster
+            .as_ref()
+            .map(|c| self.cluster(&root.key("cluster"), c));
 
         Config {
             source,
@@ -414,6 +404,85 @@ impl Validator<'_> {
             },
             runtime,
             cluster,
+        }
+    }
+
+    fn cluster(&mut self, at: &KeyPath, c: &RawCluster) -> Cluster {
+        match redis::Client::open(c.redis.as_str()) {
+            Err(e) => self.err(
+                &at.key("redis"),
+                format!("invalid Redis URL: {e} (expected redis://[user:password@]host:port[/db])"),
+            ),
+            Ok(_) if !c.redis.starts_with("redis://") => self.err(
+                &at.key("redis"),
+                "expected a redis:// URL (TLS and unix sockets are not supported)",
+            ),
+            Ok(_) => {}
+        }
+        let timeout = self.duration(
+            &at.key("timeout"),
+            c.timeout.as_ref(),
+            Duration::from_millis(50),
+        );
+        if timeout.is_zero() || timeout > Duration::from_secs(5) {
+            self.err(
+                &at.key("timeout"),
+                "must be between 1ms and 5s: it is paid by requests while Redis is slow",
+            );
+        }
+        let fail_mode = |v: &mut Self, key: &KeyPath, s: &str| match s {
+            "open" => BackendFailMode::Open,
+            "closed" => BackendFailMode::Closed,
+            "local" => BackendFailMode::Local,
+            other => {
+                v.err(
+                    key,
+                    format!(
+                        "unknown fail mode {other:?}: expected \"open\", \"closed\" or \"local\""
+                    ),
+                );
+                BackendFailMode::Local
+            }
+        };
+        let on_backend_error = match &c.on_backend_error {
+            Some(s) => fail_mode(self, &at.key("on_backend_error"), s),
+            None => BackendFailMode::Local,
+        };
+        let limiters = c
+            .limiters
+            .iter()
+            .map(|(name, mode)| {
+                let m = fail_mode(self, &at.key("limiters").key(name), mode);
+                (name.clone(), m)
+            })
+            .collect();
+        let breaker_failures = c.breaker_failures.unwrap_or(5);
+        if breaker_failures == 0 {
+            self.err(&at.key("breaker_failures"), "must be at least 1");
+        }
+        let breaker_cooldown = self.duration(
+            &at.key("breaker_cooldown"),
+            c.breaker_cooldown.as_ref(),
+            Duration::from_secs(1),
+        );
+        if breaker_cooldown < Duration::from_millis(10) {
+            self.err(&at.key("breaker_cooldown"), "must be at least 10ms");
+        }
+        let key_prefix = c.key_prefix.clone().unwrap_or_else(|| "weir".to_string());
+        if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+            self.err(
+                &at.key("key_prefix"),
+                "must be non-empty and contain no whitespace",
+            );
+        }
+        Cluster {
+            redis: c.redis.clone(),
+            timeout,
+            on_backend_error,
+            limiters,
+            breaker_failures: breaker_failures.max(1),
+            breaker_cooldown,
+            key_prefix,
         }
     }
 

@@ -250,8 +250,35 @@ pub struct RuntimeSettings {
     pub pool_max_uses: u64,
 }
 
+/// `[cluster]`: rate limits and kv shared by every instance through Redis (see `crate::cluster`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub redis: String,
     pub timeout: Duration,
+    pub on_backend_error: BackendFailMode,
+    pub limiters: BTreeMap<String, BackendFailMode>,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub key_prefix: String,
+}
+
+/// What a limiter answers while the shared backend is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendFailMode {
+    /// Admit the request (availability over accuracy).
+    Open,
+    /// Deny the request (429 from the rate-limit plugin).
+    Closed,
+    /// Fall back to this process's own in-memory limiter (each instance enforces the full limit).
+    Local,
+}
+
+impl BackendFailMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendFailMode::Open => "open",
+            BackendFailMode::Closed => "closed",
+            BackendFailMode::Local => "local",
+        }
+    }
 }

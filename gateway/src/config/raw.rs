@@ -237,5 +237,17 @@ pub struct RawRuntime {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub redis: String,
+    /// Bound on every Redis call, connect included (default 50ms).
     pub timeout: Option<String>,
+    /// `open`, `closed` or `local` (default): what a limiter does when Redis fails.
+    pub on_backend_error: Option<String>,
+    /// Per-limiter override of `on_backend_error`, by the limiter name a plugin passes.
+    #[serde(default)]
+    pub limiters: BTreeMap<String, String>,
+    /// Consecutive failures that open the circuit breaker (default 5).
+    pub breaker_failures: Option<u32>,
+    /// Time the breaker stays open before a background probe (default 1s).
+    pub breaker_cooldown: Option<String>,
+    /// First segment of every Redis key (default `weir`), to share one Redis between deployments.
+    pub key_prefix: Option<String>,
 }
