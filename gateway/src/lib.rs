@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod plugin_cli;
 pub mod policy;
 pub mod proxy;
 pub mod router;

@@ -36,6 +36,11 @@ enum Cmd {
         #[arg(long, env = "WEIR_DEMO_ADMIN_PORT", default_value_t = 9901)]
         admin_port: u16,
     },
+    /// Plugin author tools: create, build and test a policy plugin.
+    Plugin {
+        #[command(subcommand)]
+        cmd: weir::plugin_cli::PluginCmd,
+    },
 }
 
 fn init_logging(json: bool) {
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
                 init_logging(false);
                 weir::cli::demo(port, admin_port).await
             }
+            Cmd::Plugin { cmd } => weir::plugin_cli::run(cmd).await,
         }
     })
 }
