@@ -30,7 +30,8 @@ fn example_files() -> Vec<PathBuf> {
     v
 }
 
-/// The demo config with its placeholders filled the way `weir demo` fills them.
+/// The demo config with its placeholders filled the way `weir demo` fills them (the bundled
+/// plugins are the ones the gateway's build step compiled).
 fn demo_filled() -> String {
     std::fs::read_to_string(examples_dir().join("demo.toml"))
         .unwrap()
@@ -39,6 +40,7 @@ fn demo_filled() -> String {
         .replace("{USERS_A}", "127.0.0.1:9")
         .replace("{USERS_B}", "127.0.0.1:9")
         .replace("{ORDERS}", "127.0.0.1:9")
+        .replace("{PLUGINS}", weir::bundled::PLUGIN_DIR)
 }
 
 /// The weir binary, if cargo built one that is at least as new as every gateway source file.
@@ -117,8 +119,16 @@ async fn demo_validates_with_placeholders_filled() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("demo.toml");
     std::fs::write(&p, demo_filled()).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    let left: Vec<&str> = text
+        .split('{')
+        .skip(1)
+        .filter_map(|t| t.split_once('}').map(|(name, _)| name))
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    assert!(left.is_empty(), "placeholders not filled: {left:?}");
     let cfg = weir::config::load_file(&p).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(cfg.routes.len(), 2);
+    assert_eq!(cfg.routes.len(), text.matches("[[routes]]").count());
     assert_eq!(weir::cli::validate(&p).await, ExitCode::SUCCESS);
 }
 
