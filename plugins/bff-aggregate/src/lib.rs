@@ -365,9 +365,11 @@ impl Policy for BffAggregate {
             let h = h.to_ascii_lowercase();
             if matches!(
                 h.as_str(),
-                "host" | "connection" | "transfer-encoding" | "content-length"
+                "host" | "connection" | "transfer-encoding" | "content-length" | "x-request-id"
             ) {
-                return Err(format!("forward_headers: `{h}` is set by the gateway"));
+                return Err(format!(
+                    "forward_headers: `{h}` is set by the plugin or the gateway"
+                ));
             }
             forward_headers.push(h);
         }

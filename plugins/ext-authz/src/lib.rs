@@ -132,6 +132,15 @@ fn header_list(what: &str, names: Vec<String>) -> Result<Vec<String>, String> {
         ) {
             return Err(format!("{what}: `{n}` cannot be used here"));
         }
+        // The plugin sets these itself; a client's copy must not reach the service beside them.
+        if what == "headers"
+            && matches!(
+                n.as_str(),
+                "x-forwarded-method" | "x-forwarded-uri" | "x-forwarded-host" | "x-request-id"
+            )
+        {
+            return Err(format!("{what}: `{n}` is set by the plugin"));
+        }
         if !out.contains(&n) {
             out.push(n);
         }
@@ -627,6 +636,10 @@ mod tests {
         assert!(err(json!({ "url": URL, "cache_ttl": "soon" })).contains("cache_ttl"));
         assert!(err(json!({ "url": URL, "timeout": "0s" })).contains("timeout"));
         assert!(err(json!({ "url": URL, "headers": ["host"] })).contains("headers"));
+        assert!(
+            err(json!({ "url": URL, "headers": ["X-Forwarded-Uri"] }))
+                .contains("set by the plugin")
+        );
         assert!(
             err(json!({ "url": URL, "upstream_headers": ["a b"] })).contains("upstream_headers")
         );
