@@ -214,7 +214,10 @@ const JS: &[Template] = &[
     template!("package.json", "js/package.json.tmpl"),
     template!("policy.js", "js/policy.js.tmpl"),
     template!("test/policy.test.js", "js/policy.test.js.tmpl"),
-    template!("test/weir-host.mjs", "js/weir-host.mjs.tmpl"),
+    Template {
+        path: "test/weir-host.mjs",
+        body: include_str!("../../plugins/examples/js-test-support/weir-host.mjs"),
+    },
     template!(".gitignore", "js/gitignore.tmpl"),
 ];
 const PYTHON: &[Template] = &[
