@@ -419,7 +419,6 @@ pub struct WsEchoUpstream {
 impl WsEchoUpstream {
     pub async fn start() -> Self {
         use futures::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::Message;
         use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -432,6 +431,8 @@ impl WsEchoUpstream {
                 };
                 let p = p.clone();
                 tokio::spawn(async move {
+                    // The error type is tungstenite's, sized as it is.
+                    #[allow(clippy::result_large_err)]
                     let record = move |req: &Request, res: Response| {
                         p.lock().unwrap().push(req.uri().path().to_string());
                         Ok(res)
@@ -440,14 +441,12 @@ impl WsEchoUpstream {
                         return;
                     };
                     while let Some(Ok(msg)) = ws.next().await {
-                        match msg {
-                            Message::Text(_) | Message::Binary(_) => {
-                                if ws.send(msg).await.is_err() {
-                                    break;
-                                }
-                            }
-                            Message::Close(_) => break,
-                            _ => {}
+                        if msg.is_close() {
+                            break;
+                        }
+                        // Pings are answered by tungstenite itself; data is echoed.
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            break;
                         }
                     }
                 });
