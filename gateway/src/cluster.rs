@@ -344,7 +344,7 @@ impl Shared {
     }
 
     /// Runs `f` on the connection, bounded by the timeout, without consulting the breaker.
-    async fn exec<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, CallError>
+    async fn exec<T, F, Fut>(self: &Arc<Self>, op: &'static str, f: F) -> Result<T, CallError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -363,7 +363,12 @@ impl Shared {
                 Ok(v)
             }
             Ok(Err(e)) if is_backend_failure(&e) => {
-                self.metrics.failures.get_or_create(&label).inc();
+                if e.is_timeout() {
+                    // The connect timeout inside the client (a frozen server accepts TCP).
+                    self.metrics.timeouts.get_or_create(&label).inc();
+                } else {
+                    self.metrics.failures.get_or_create(&label).inc();
+                }
                 self.invalidate(used.load(Ordering::Relaxed));
                 let err = CallError::Backend(e.to_string());
                 self.on_failure(&err, Instant::now());
@@ -391,7 +396,7 @@ impl Shared {
         }
     }
 
-    fn on_failure(&self, err: &CallError, now: Instant) {
+    fn on_failure(self: &Arc<Self>, err: &CallError, now: Instant) {
         if self.breaker.failure(err.to_string(), now) {
             self.metrics.up.set(0);
             tracing::warn!(
@@ -400,6 +405,41 @@ impl Shared {
                 cooldown = ?self.breaker.cooldown,
                 "cluster backend failing; circuit breaker open, limiters apply their fail mode"
             );
+            self.spawn_recovery();
+        }
+    }
+
+    /// While the breaker is open, probes once per cool-down even without traffic, so the first
+    /// requests after Redis returns already go to Redis. Ends when the breaker closes or the
+    /// backend is dropped.
+    fn spawn_recovery(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let cooldown = self.breaker.cooldown;
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(cooldown).await;
+                let Some(me) = weak.upgrade() else { return };
+                if me.breaker.is_closed() {
+                    return;
+                }
+                if let Admit::Reject { probe: true } = me.breaker.admit(Instant::now()) {
+                    me.probe().await;
+                }
+            }
+        });
+    }
+
+    async fn probe(self: &Arc<Self>) {
+        let r = self
+            .exec("probe", |mut c| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(redis = %self.url, error = %e, "cluster backend probe failed");
         }
     }
 
@@ -431,16 +471,7 @@ impl Shared {
             return;
         };
         let me = self.clone();
-        rt.spawn(async move {
-            let r = me
-                .exec("probe", |mut c| async move {
-                    redis::cmd("PING").query_async::<String>(&mut c).await
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::debug!(redis = %me.url, error = %e, "cluster backend probe failed");
-            }
-        });
+        rt.spawn(async move { me.probe().await });
     }
 
     /// Starts a probe if the breaker's cool-down is over (for callers that make no call).

@@ -9,6 +9,7 @@ pub mod extra_a;
 pub mod extra_b;
 pub mod extra_c;
 pub mod extra_d;
+pub mod extra_e;
 pub mod upstream;
 
 use bytes::Bytes;
