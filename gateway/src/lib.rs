@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod metrics;
 pub mod plugin_cli;
 pub mod policy;

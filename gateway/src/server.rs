@@ -2,6 +2,7 @@
 //! knowledge) with edge limits, and graceful drain.
 
 use crate::config::{Limits, Listener};
+use crate::framing::FramingObserver;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Gateway;
 use crate::tls::{CertPair, TlsSettings, TlsTerminator};
@@ -108,10 +109,12 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conn = Arc::new(ConnInfo {
             peer,
             scheme,
             listener: name.clone(),
+            conflicting_lengths: flag.clone(),
         });
         let gw2 = gw.clone();
         let svc = service_fn(move |req| proxy::handle(gw2.clone(), conn.clone(), req));
@@ -122,7 +125,10 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
             None => {
                 let fut = graceful.watch(
                     builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(FramingObserver::new(stream, flag)),
+                            svc,
+                        )
                         .into_owned(),
                 );
                 tokio::spawn(async move {
@@ -141,7 +147,10 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
                     {
                         Ok(Ok(tls_stream)) => {
                             let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), svc)
+                                .serve_connection_with_upgrades(
+                                    TokioIo::new(FramingObserver::new(tls_stream, flag)),
+                                    svc,
+                                )
                                 .into_owned();
                             if let Err(e) = watcher.watch(conn).await {
                                 tracing::debug!(error = %e, "TLS connection ended with an error");

@@ -34,6 +34,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub scheme: &'static str,
     pub listener: Arc<str>,
+    /// Set by [`crate::framing::FramingObserver`] when a request head carried both
+    /// `Content-Length` and `Transfer-Encoding` (hyper hides the conflict from us).
+    pub conflicting_lengths: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Per-request facts gathered along the path, used by logging and policies.
@@ -100,7 +103,21 @@ async fn route_and_forward(
     facts: &mut RequestFacts,
     chain: &mut Option<policy::ChainSession>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    // Request identity first, so that every answer, even an early 400, carries an id.
+    let mut req = req;
+    facts.request_id = hygiene::request_id(req.headers_mut());
+    facts.trace_id = hygiene::trace_context(req.headers_mut());
+
     // 1. Framing and sizes.
+    if conn
+        .conflicting_lengths
+        .load(std::sync::atomic::Ordering::Relaxed)
+        && req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding are present".into(),
+        ));
+    }
     hygiene::check_framing(req.version(), req.headers())
         .map_err(|m| GatewayError::BadRequest(m.into()))?;
     let limits = &table.config.limits;
@@ -115,11 +132,6 @@ async fn route_and_forward(
         .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     facts.path = path.clone();
     facts.host = host.clone();
-
-    // Request identity first, so that even a 404 carries an id.
-    let mut req = req;
-    facts.request_id = hygiene::request_id(req.headers_mut());
-    facts.trace_id = hygiene::trace_context(req.headers_mut());
 
     // 3. Routing.
     let Some((_, route)) = table.router.find(&host, &path, req.method(), req.headers()) else {

@@ -1,0 +1,274 @@
+//! A read-side observer of HTTP/1 framing, in front of hyper.
+//!
+//! hyper resolves a request carrying both `Content-Length` and `Transfer-Encoding` by dropping
+//! `Content-Length` (and closing the connection), so the handler can no longer see the conflict.
+//! Such a request is a smuggling attempt and gets a 400: this wrapper follows the byte stream
+//! (request heads, then `Content-Length` or chunked bodies) and flags the connection when a head
+//! carries both. It never changes a byte, and on anything it does not understand (HTTP/2 preface,
+//! upgrades, malformed framing that hyper will reject anyway) it stops observing.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Heads larger than this are left to hyper's own limit (431).
+const MAX_HEAD: usize = 128 * 1024;
+
+enum State {
+    Head(Vec<u8>),
+    Body(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkCrlf(u8),
+    Trailers(Vec<u8>),
+    Off,
+}
+
+/// Wraps a client stream; `flag` turns true once a head with both length headers was read.
+pub struct FramingObserver<S> {
+    inner: S,
+    state: State,
+    flag: Arc<AtomicBool>,
+}
+
+impl<S> FramingObserver<S> {
+    pub fn new(inner: S, flag: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            state: State::Head(Vec::new()),
+            flag,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Off => return,
+                State::Head(buf) => {
+                    let take = data.len().min(MAX_HEAD + 4 - buf.len().min(MAX_HEAD));
+                    let start = buf.len().saturating_sub(3);
+                    buf.extend_from_slice(&data[..take]);
+                    if buf.len() >= 24 && buf.starts_with(b"PRI * HTTP/2.0") {
+                        self.state = State::Off;
+                        return;
+                    }
+                    match find(&buf[start..], b"\r\n\r\n") {
+                        Some(pos) => {
+                            let end = start + pos + 4;
+                            let used = take - (buf.len() - end);
+                            let head = std::mem::take(buf);
+                            data = &data[used..];
+                            self.state = self.after_head(&head[..end]);
+                        }
+                        None if buf.len() > MAX_HEAD => {
+                            self.state = State::Off;
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+                State::Body(n) => {
+                    let k = (*n).min(data.len() as u64);
+                    *n -= k;
+                    data = &data[k as usize..];
+                    if *n == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(line) => match data.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        line.extend_from_slice(&data[..i]);
+                        data = &data[i + 1..];
+                        let text = String::from_utf8_lossy(line);
+                        let hex = text.split(';').next().unwrap_or("").trim();
+                        self.state = match u64::from_str_radix(hex, 16) {
+                            Ok(0) => State::Trailers(Vec::new()),
+                            Ok(n) => State::ChunkData(n),
+                            Err(_) => State::Off,
+                        };
+                    }
+                    None if line.len() > 1024 => self.state = State::Off,
+                    None => {
+                        line.extend_from_slice(data);
+                        return;
+                    }
+                },
+                State::ChunkData(n) => {
+                    let k = (*n).min(data.len() as u64);
+                    *n -= k;
+                    data = &data[k as usize..];
+                    if *n == 0 {
+                        self.state = State::ChunkCrlf(2);
+                    }
+                }
+                State::ChunkCrlf(left) => {
+                    let k = (*left as usize).min(data.len());
+                    data = &data[k..];
+                    *left -= k as u8;
+                    if *left == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                }
+                State::Trailers(line) => match data.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        line.extend_from_slice(&data[..i]);
+                        data = &data[i + 1..];
+                        let empty = line.iter().all(|b| *b == b'\r');
+                        line.clear();
+                        if empty {
+                            self.state = State::Head(Vec::new());
+                        }
+                    }
+                    None if line.len() > MAX_HEAD => self.state = State::Off,
+                    None => {
+                        line.extend_from_slice(data);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Decides what follows a complete head, and flags CL + TE.
+    fn after_head(&self, head: &[u8]) -> State {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+            return State::Off;
+        }
+        let mut cl: Option<u64> = None;
+        let (mut has_cl, mut te, mut upgrade) = (false, false, false);
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                has_cl = true;
+                cl = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        if has_cl && te {
+            self.flag.store(true, Ordering::Relaxed);
+            return State::Off;
+        }
+        if upgrade || req.method == Some("CONNECT") {
+            State::Off
+        } else if te {
+            State::ChunkSize(Vec::new())
+        } else if !has_cl {
+            State::Head(Vec::new())
+        } else {
+            match cl {
+                Some(0) => State::Head(Vec::new()),
+                Some(n) => State::Body(n),
+                None => State::Off,
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FramingObserver<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &poll
+            && !matches!(self.state, State::Off)
+        {
+            let fresh = buf.filled()[before..].to_vec();
+            self.feed(&fresh);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FramingObserver<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> bool {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut o = FramingObserver::new((), flag.clone());
+        for c in chunks {
+            o.feed(c);
+        }
+        flag.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn flags_cl_and_te_in_either_order_and_split_reads() {
+        assert!(run(&[b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"]));
+        assert!(run(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: a\r\nContent-Length: 3\r",
+            b"\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn follows_bodies_to_the_next_head() {
+        // A CL body whose bytes look like a head must not be read as one.
+        let body = b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        assert!(!run(&[
+            head.as_bytes(),
+            body,
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        ]));
+        // Chunked body with extensions and trailers, then a smuggling head.
+        assert!(run(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nabcd\r\n0\r\nT: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ]));
+        assert!(!run(&[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn stops_on_h2_preface() {
+        assert!(!run(&[
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n"
+        ]));
+    }
+}
