@@ -10,6 +10,7 @@ pub mod extra_b;
 pub mod extra_c;
 pub mod extra_d;
 pub mod extra_e;
+pub mod extra_f;
 pub mod upstream;
 
 use bytes::Bytes;
