@@ -494,3 +494,41 @@ key_prefix = "a b"
     );
     assert_eq!((cl.breaker_failures, cl.key_prefix.as_str()), (5, "weir"));
 }
+
+/// `examples/cluster/`: both gateway configs validate (plugins load, Redis need not be up) and
+/// differ only in their listen addresses, so the two instances enforce the same limits.
+#[tokio::test]
+async fn f_cluster_examples_validate_and_differ_only_in_ports() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster");
+    let strip = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("listen = ") && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    let (a, b) = (dir.join("weir-a.toml"), dir.join("weir-b.toml"));
+    assert_eq!(strip(&a), strip(&b));
+    for f in [&a, &b] {
+        let cfg = weir::config::load_file(f).unwrap_or_else(|e| panic!("{e}"));
+        let cl = cfg.cluster.as_ref().unwrap();
+        assert_eq!(
+            cl.limiters.get("login-per-minute"),
+            Some(&weir::config::BackendFailMode::Closed)
+        );
+        assert_eq!(
+            weir::cli::validate(f).await,
+            std::process::ExitCode::SUCCESS,
+            "{}",
+            f.display()
+        );
+    }
+    let haproxy = std::fs::read_to_string(dir.join("haproxy.cfg")).unwrap();
+    for backend in [
+        "127.0.0.1:8081 check port 9901",
+        "127.0.0.1:8082 check port 9902",
+    ] {
+        assert!(haproxy.contains(backend), "haproxy.cfg lacks {backend}");
+    }
+}
