@@ -59,8 +59,17 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize, cluster_extra: &str, routes: &str) -> Self {
+        Self::start_with(n, cluster_extra, routes, true).await
+    }
+
+    /// With `redis_up = false` the gateways start while nothing listens on Redis's port
+    /// (`redis.restart()` brings it up there later).
+    async fn start_with(n: usize, cluster_extra: &str, routes: &str, redis_up: bool) -> Self {
         let bin = ensure_weir_bin();
-        let redis = RedisServer::start();
+        let mut redis = RedisServer::start();
+        if !redis_up {
+            redis.kill();
+        }
         let upstream = TestUpstream::start("echo").await;
         let dir = tempfile::tempdir().unwrap();
         let mut weirs = Vec::new();
@@ -165,16 +174,18 @@ async fn exhaust_globally(c: &Cluster, client: &TestClient, k: &str) {
                 BOUND,
             )
             .await;
+            let r = r.unwrap_or_else(|| panic!("{route} request {i} via {}: no answer", w.name));
+            assert_eq!(st, 200, "{route} request {i} via {}: {}", w.name, r.text());
+            // The budget left, as computed in Redis, counts down across instances.
             assert_eq!(
-                st,
-                200,
-                "{route} request {i} via {}: {:?}",
-                w.name,
-                r.map(|r| r.text())
+                r.header("ratelimit-remaining"),
+                Some((4 - i).to_string().as_str()),
+                "{route} request {i} via {}",
+                w.name
             );
         }
         for w in &c.weirs {
-            let (st, _, _) = timed_get(
+            let (st, _, r) = timed_get(
                 client,
                 &w.url(&format!("/{route}")),
                 &[("x-client", k)],
@@ -186,6 +197,9 @@ async fn exhaust_globally(c: &Cluster, client: &TestClient, k: &str) {
                 "{route}: the 6th request via {} must be refused (global budget)",
                 w.name
             );
+            // 5 per hour: one request comes back every 12 minutes.
+            let retry: u64 = r.unwrap().header("retry-after").unwrap().parse().unwrap();
+            assert!((710..=720).contains(&retry), "retry-after {retry}");
         }
     }
 }
@@ -531,4 +545,31 @@ async fn f_cluster_examples_validate_and_differ_only_in_ports() {
     ] {
         assert!(haproxy.contains(backend), "haproxy.cfg lacks {backend}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_gateways_start_while_redis_is_down_and_share_limits_once_it_is_up() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_with(2, fails_mode_config(), &fail_mode_routes(), false).await;
+    let client = TestClient::new();
+    let bases = c.bases();
+    // Serving from the start, with the fail modes.
+    let open = burst(&bases, "/open", &[("x-client", "k")], 12, 2, BOUND).await;
+    assert_eq!(open.count(200), 12, "{:?}", open.statuses);
+    let closed = burst(&bases, "/closed", &[("x-client", "k")], 12, 2, BOUND).await;
+    assert_eq!(closed.count(429), 12, "{:?}", closed.statuses);
+    for b in [&open, &closed] {
+        assert!(b.slowest < Duration::from_millis(100), "{:?}", b.slowest);
+    }
+    c.wait_breaker("open", Duration::from_secs(2)).await;
+
+    c.redis.restart();
+    c.wait_breaker("closed", Duration::from_secs(5)).await;
+    let shared = burst(&bases, "/closed", &[("x-client", "k")], 12, 2, BOUND).await;
+    assert_eq!(
+        (shared.count(200), shared.count(429)),
+        (5, 7),
+        "{:?}",
+        shared.statuses
+    );
 }
