@@ -214,8 +214,9 @@ const JS: &[Template] = &[
     template!("package.json", "js/package.json.tmpl"),
     template!("policy.js", "js/policy.js.tmpl"),
     template!("test/policy.test.js", "js/policy.test.js.tmpl"),
+    // Outside `test/`: `node --test` runs every module under a `test` directory.
     Template {
-        path: "test/weir-host.mjs",
+        path: "test-support/weir-host.mjs",
         body: include_str!("../../plugins/examples/js-test-support/weir-host.mjs"),
     },
     template!(".gitignore", "js/gitignore.tmpl"),
@@ -410,9 +411,11 @@ fn install(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::rename(&tmp, to).map_err(|e| format!("{}: {e}", to.display()))
 }
 
-/// Runs a command, failing with its name and exit status (its output goes to the terminal).
+/// Runs a command, failing with its name and exit status. Its output goes to stderr: stdout
+/// carries only the result (the component's path), for scripts.
 fn run_tool(cmd: &mut Command, what: &str) -> Result<(), String> {
     let status = cmd
+        .stdout(Stdio::from(std::io::stderr()))
         .status()
         .map_err(|e| format!("cannot run {what}: {e}"))?;
     if status.success() {
@@ -647,7 +650,12 @@ fn build_js(dir: &Path) -> Result<(PathBuf, String, bool), String> {
 
     let sources = source_files(dir, &["js", "mjs"])
         .into_iter()
-        .filter(|p| !p.strip_prefix(dir).is_ok_and(|r| r.starts_with("test")))
+        .filter(|p| {
+            // Tests and their support modules (`test/`, `test-support/`, `*.test.js`) are not
+            // part of the component.
+            let rel = p.strip_prefix(dir).unwrap_or(p).to_string_lossy();
+            !rel.starts_with("test") && !rel.contains(".test.")
+        })
         .collect::<Vec<_>>();
     let mut imports = BTreeSet::new();
     for f in &sources {
@@ -717,6 +725,11 @@ fn scan_js_imports<'a>(text: &str, out: &mut BTreeSet<&'a str>) -> Result<(), St
             .chars()
             .take_while(|c| c.is_ascii_lowercase() || *c == '-')
             .collect();
+        // Only module specifiers (`weir:policy/kv@0.1.0"`), not prose mentioning the package.
+        let end = rest[iface.len()..].chars().next();
+        if iface.is_empty() || !matches!(end, Some('@' | '"' | '\'' | '`')) {
+            continue;
+        }
         match INTERFACES.iter().find(|(wit, _)| *wit == iface) {
             Some((wit, _)) => {
                 out.insert(wit);
@@ -1316,6 +1329,12 @@ mod tests {
         assert_eq!(js.into_iter().collect::<Vec<_>>(), ["kv", "log"]);
         let mut bad = BTreeSet::new();
         assert!(scan_js_imports("import x from 'weir:policy/files'", &mut bad).is_err());
+        scan_js_imports(
+            "// see weir:policy/<interface>@0.1.0 and weir:policy/kv.",
+            &mut bad,
+        )
+        .unwrap();
+        assert!(bad.is_empty());
 
         let mut py = BTreeSet::new();
         scan_py_imports(
