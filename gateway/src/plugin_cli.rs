@@ -718,7 +718,7 @@ fn dir_name(dir: &Path) -> String {
 }
 
 /// Adds the `weir:policy/<interface>` names found in JS source to `out`.
-fn scan_js_imports<'a>(text: &str, out: &mut BTreeSet<&'a str>) -> Result<(), String> {
+fn scan_js_imports(text: &str, out: &mut BTreeSet<&'static str>) -> Result<(), String> {
     for (i, _) in text.match_indices("weir:policy/") {
         let rest = &text[i + "weir:policy/".len()..];
         let iface: String = rest
@@ -1052,7 +1052,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// Adds the interfaces a Python module imports from `wit_world.imports` to `out`.
-fn scan_py_imports<'a>(text: &str, out: &mut BTreeSet<&'a str>) -> Result<(), String> {
+fn scan_py_imports(text: &str, out: &mut BTreeSet<&'static str>) -> Result<(), String> {
     let mut add = |py: &str| -> Result<(), String> {
         let py = py.trim();
         let py = py.split_whitespace().next().unwrap_or(py); // `x as y`
