@@ -350,7 +350,6 @@ async fn connect_failure_is_retried_on_another_target() {
 /// A retry must not consume the round-robin turn of the next request: with one dead target out
 /// of two, it should see about half of the first tries, not nearly all of them.
 #[tokio::test]
-#[ignore = "gateway: a retry advances the shared round-robin cursor (balancer.rs rr), so the dead target gets every first try; see report"]
 async fn retries_do_not_shift_round_robin_onto_the_dead_target() {
     let (gw, _a) = half_dead_pool().await;
     let counts = spread(&TestClient::new(), &gw.url("/r"), &[], 10).await;
@@ -371,7 +370,6 @@ async fn retries_do_not_shift_round_robin_onto_the_dead_target() {
 /// A refused connection never reached the upstream, so retrying it is safe for any method and
 /// any (small, buffered) body, as Envoy does for `connect-failure`.
 #[tokio::test]
-#[ignore = "gateway: forward.rs retries only body-less idempotent requests, even on connect failure; see report"]
 async fn connect_failure_retry_covers_posts_with_bodies() {
     let (gw, _a) = half_dead_pool().await;
     let client = TestClient::new();

@@ -95,19 +95,55 @@ async fn handle(
     Ok(res)
 }
 
-/// Hides secrets (HMAC keys) from the config view.
+/// Key names whose values never leave the process through the config view.
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    ["secret", "password", "token", "hmac"]
+        .iter()
+        .any(|w| k.contains(w))
+        || k == "keys"
+        || k == "users"
+}
+
+/// The config text with secret values replaced, whatever TOML form they were written in
+/// (dotted, inline tables, multi-line strings). Falls back to a notice if the text does not parse.
 fn redact(text: &str) -> String {
-    text.lines()
-        .map(|l| {
-            let t = l.trim_start();
-            if t.starts_with("hmac_secret") || t.contains("hmac_secret =") {
-                format!("{}hmac_secret = \"<redacted>\"", &l[..l.len() - t.len()])
-            } else {
-                l.to_string()
+    fn walk_value(v: &mut toml_edit::Value) {
+        match v {
+            toml_edit::Value::InlineTable(t) => {
+                for (k, v) in t.iter_mut() {
+                    if is_secret_key(k.get()) {
+                        *v = toml_edit::Value::from("<redacted>");
+                    } else {
+                        walk_value(v);
+                    }
+                }
             }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+            toml_edit::Value::Array(a) => a.iter_mut().for_each(walk_value),
+            _ => {}
+        }
+    }
+    fn walk_table(t: &mut toml_edit::Table) {
+        for (k, item) in t.iter_mut() {
+            if is_secret_key(k.get()) {
+                *item = toml_edit::value("<redacted>");
+                continue;
+            }
+            match item {
+                toml_edit::Item::Table(t) => walk_table(t),
+                toml_edit::Item::ArrayOfTables(a) => a.iter_mut().for_each(walk_table),
+                toml_edit::Item::Value(v) => walk_value(v),
+                toml_edit::Item::None => {}
+            }
+        }
+    }
+    match text.parse::<toml_edit::DocumentMut>() {
+        Ok(mut doc) => {
+            walk_table(doc.as_table_mut());
+            doc.to_string()
+        }
+        Err(_) => "# the active config could not be re-read for display\n".to_string(),
+    }
 }
 
 fn refresh_gauges(gw: &Gateway) {

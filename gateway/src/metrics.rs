@@ -21,6 +21,11 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamOutcome {
     pub upstream: String,
     pub outcome: String,
@@ -53,7 +58,7 @@ pub struct Metrics {
     pub requests: Family<RouteStatus, Counter>,
     pub latency: Family<RouteLabel, Histogram>,
     pub upstream_requests: Family<UpstreamOutcome, Counter>,
-    pub upstream_latency: Family<RouteLabel, Histogram>,
+    pub upstream_latency: Family<UpstreamLabel, Histogram>,
     pub target_healthy: Family<TargetLabel, Gauge>,
     pub target_in_flight: Family<TargetLabel, Gauge>,
     pub connections: Family<ListenerLabel, Gauge>,
@@ -77,7 +82,7 @@ impl Metrics {
             Histogram::new(latency_buckets())
         });
         let upstream_requests = Family::<UpstreamOutcome, Counter>::default();
-        let upstream_latency = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+        let upstream_latency = Family::<UpstreamLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
         let target_healthy = Family::<TargetLabel, Gauge>::default();

@@ -224,11 +224,7 @@ impl ChainSession {
             }
         }
         if let Some(b) = buffered {
-            out.parts.headers.remove(header::TRANSFER_ENCODING);
-            out.parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-            out.body = Some(body::full(b));
+            out.body = Some(buffered_body(&mut out.parts.headers, b));
         }
         Ok(PolicyOutcome::Continue)
     }
@@ -281,28 +277,15 @@ impl ChainSession {
             };
             match session.on_response(cx, head).await {
                 Ok(edits) => {
-                    if let Some(s) = edits.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-                        parts.status = s;
-                    }
-                    edit_headers(
-                        &mut parts.headers,
-                        edits.set_headers,
-                        edits.append_headers,
-                        edits.remove_headers,
-                    );
-                    if let Some(nb) = edits.body {
-                        buffered = Some(bytes::Bytes::from(nb));
+                    if let Some(nb) = apply_response_edits(&mut parts, edits) {
+                        buffered = Some(nb);
                     }
                 }
                 Err(e) => fail(&plugin, e)?,
             }
         }
         if let Some(bb) = buffered {
-            parts.headers.remove(header::TRANSFER_ENCODING);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(bb.len()));
-            b = body::full(bb);
+            b = buffered_response_body(&mut parts, bb);
         }
         Ok(Response::from_parts(parts, b))
     }
@@ -353,23 +336,65 @@ fn to_fields(h: &HeaderMap) -> host::Fields {
         .collect()
 }
 
-fn edit_headers(h: &mut HeaderMap, set: host::Fields, append: host::Fields, remove: Vec<String>) {
+/// A body the chain buffered (and maybe replaced), with the framing headers made to match it.
+/// Public for the fuzz targets (`fuzz/`).
+pub fn buffered_body(headers: &mut HeaderMap, b: bytes::Bytes) -> ProxyBody {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+    body::full(b)
+}
+
+/// Connection-scoped and framing headers (RFC 9110 §7.6.1, RFC 9112 §6): the gateway strips
+/// them from clients and upstreams and hyper writes the framing from the body actually sent, so
+/// a plugin may remove them but never set them. A plugin-set `Content-Length` that disagrees
+/// with the body makes hyper (release builds) write the header and the whole body: the peer
+/// then reads the rest as another message (request smuggling / response splitting).
+const GATEWAY_OWNED: [HeaderName; 8] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Applies a plugin's header edits in WIT order (remove, set, append). Names or values the
+/// `http` crate refuses, and the [`GATEWAY_OWNED`] headers, are skipped; `Host` stays single
+/// (a second one would give the upstream two authorities to choose from). Public for the fuzz
+/// targets (`fuzz/`), which feed it arbitrary guest output.
+pub fn edit_headers(
+    h: &mut HeaderMap,
+    set: host::Fields,
+    append: host::Fields,
+    remove: Vec<String>,
+) {
     for name in remove {
         if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
             h.remove(n);
         }
     }
+    let parse = |k: &str, v: &str| {
+        let parsed = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        );
+        match parsed {
+            (Ok(n), Ok(v)) if !GATEWAY_OWNED.contains(&n) => Some((n, v)),
+            _ => {
+                tracing::debug!(header = %k, "policy edit of an invalid or gateway-owned header; ignored");
+                None
+            }
+        }
+    };
     let mut first_set: Vec<HeaderName> = Vec::new();
     for (k, v) in set {
-        let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(&v),
-        ) else {
-            tracing::debug!(header = %k, "policy set an invalid header; ignored");
+        let Some((n, v)) = parse(&k, &v) else {
             continue;
         };
-        // Several values for one name in `set-headers` all survive.
-        if first_set.contains(&n) {
+        // Several values for one name in `set-headers` all survive (but for Host).
+        if first_set.contains(&n) && n != header::HOST {
             h.append(n, v);
         } else {
             first_set.push(n.clone());
@@ -377,17 +402,21 @@ fn edit_headers(h: &mut HeaderMap, set: host::Fields, append: host::Fields, remo
         }
     }
     for (k, v) in append {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(&v),
-        ) {
-            h.append(n, v);
+        match parse(&k, &v) {
+            Some((n, v)) if n == header::HOST => {
+                h.insert(n, v);
+            }
+            Some((n, v)) => {
+                h.append(n, v);
+            }
+            None => {}
         }
     }
 }
 
 /// Applies a plugin's request edits; returns a replacement body if the plugin set one.
-fn apply_request_edits(
+/// Public for the fuzz targets (`fuzz/`), which feed it arbitrary guest output.
+pub fn apply_request_edits(
     out: &mut Outgoing,
     e: host::RequestEdits,
 ) -> Result<Option<bytes::Bytes>, GatewayError> {
@@ -418,9 +447,56 @@ fn apply_request_edits(
     Ok(e.body.map(bytes::Bytes::from))
 }
 
-fn local_response(r: host::LocalResponse, request_id: &str) -> Response<ProxyBody> {
+/// A status a plugin may answer with: 200–599. 1xx are not final (101 would claim a protocol
+/// switch that never happens) and 600–999 are not HTTP (RFC 9110 §15).
+fn final_status(s: u16) -> Option<StatusCode> {
+    StatusCode::from_u16(s)
+        .ok()
+        .filter(|s| (200..600).contains(&s.as_u16()))
+}
+
+/// A response body the chain buffered or replaced, with framing to match. 204 and 304 have no
+/// body (RFC 9110 §15.3.5, §15.4.5): there the body is dropped, and a 204 has no length either.
+pub fn buffered_response_body(parts: &mut http::response::Parts, b: bytes::Bytes) -> ProxyBody {
+    match parts.status {
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED => {
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            if parts.status == StatusCode::NO_CONTENT {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            body::empty()
+        }
+        _ => buffered_body(&mut parts.headers, b),
+    }
+}
+
+/// Applies a plugin's response edits (status, headers) to `parts`; returns a replacement body if
+/// the plugin set one. Public for the fuzz targets (`fuzz/`).
+pub fn apply_response_edits(
+    parts: &mut http::response::Parts,
+    edits: host::ResponseEdits,
+) -> Option<bytes::Bytes> {
+    if let Some(s) = edits.status.and_then(final_status) {
+        parts.status = s;
+    } else if let Some(s) = edits.status {
+        tracing::debug!(
+            status = s,
+            "policy set a status that is not a final HTTP status; ignored"
+        );
+    }
+    edit_headers(
+        &mut parts.headers,
+        edits.set_headers,
+        edits.append_headers,
+        edits.remove_headers,
+    );
+    edits.body.map(bytes::Bytes::from)
+}
+
+/// The response a plugin answered with instead of proxying. Public for the fuzz targets.
+pub fn local_response(r: host::LocalResponse, request_id: &str) -> Response<ProxyBody> {
     let mut res = Response::new(body::full(r.body));
-    *res.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *res.status_mut() = final_status(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     edit_headers(res.headers_mut(), r.headers, Vec::new(), Vec::new());
     if let Ok(v) = HeaderValue::from_str(request_id) {
         res.headers_mut().insert("x-request-id", v);

@@ -50,28 +50,45 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Finds the deepest existing element of `path` in `text` and returns the start of its span.
-pub fn locate(text: &str, path: &KeyPath) -> Option<usize> {
+/// With `at_key`, the last step points at the key itself (for unknown keys) rather than its value.
+pub fn locate(text: &str, path: &KeyPath, at_key: bool) -> Option<usize> {
     let doc = toml_edit::Document::parse(text.to_string()).ok()?;
-    locate_in_item(doc.as_item(), &path.0, None)
+    locate_in_item(doc.as_item(), &path.0, None, at_key)
 }
 
-fn locate_in_table(t: &toml_edit::Table, rest: &[Seg], best: Option<usize>) -> Option<usize> {
+fn locate_in_table(
+    t: &toml_edit::Table,
+    rest: &[Seg],
+    best: Option<usize>,
+    at_key: bool,
+) -> Option<usize> {
     let Some((first, tail)) = rest.split_first() else {
         return best;
     };
     let Seg::Key(k) = first else { return best };
     let Some(item) = t.get(k) else { return best };
-    let best = item.span().map(|s| s.start).or(best);
-    locate_in_item(item, tail, best)
+    // The last step points at the key itself (`tagets = ...` is reported at `tagets`).
+    let key_span = if tail.is_empty() && at_key {
+        t.key(k).and_then(|key| key.span())
+    } else {
+        None
+    };
+    let best = key_span.or_else(|| item.span()).map(|s| s.start).or(best);
+    locate_in_item(item, tail, best, at_key)
 }
 
-fn locate_in_item(item: &toml_edit::Item, rest: &[Seg], best: Option<usize>) -> Option<usize> {
+fn locate_in_item(
+    item: &toml_edit::Item,
+    rest: &[Seg],
+    best: Option<usize>,
+    at_key: bool,
+) -> Option<usize> {
     match item {
-        toml_edit::Item::Table(t) => locate_in_table(t, rest, best),
-        toml_edit::Item::Value(v) => locate_in_value(v, rest, best),
+        toml_edit::Item::Table(t) => locate_in_table(t, rest, best, at_key),
+        toml_edit::Item::Value(v) => locate_in_value(v, rest, best, at_key),
         toml_edit::Item::ArrayOfTables(a) => match rest.split_first() {
             Some((Seg::Index(i), tail)) => match a.get(*i) {
-                Some(t) => locate_in_table(t, tail, t.span().map(|s| s.start).or(best)),
+                Some(t) => locate_in_table(t, tail, t.span().map(|s| s.start).or(best), at_key),
                 None => best,
             },
             _ => best,
@@ -80,17 +97,32 @@ fn locate_in_item(item: &toml_edit::Item, rest: &[Seg], best: Option<usize>) -> 
     }
 }
 
-fn locate_in_value(v: &toml_edit::Value, rest: &[Seg], best: Option<usize>) -> Option<usize> {
+fn locate_in_value(
+    v: &toml_edit::Value,
+    rest: &[Seg],
+    best: Option<usize>,
+    at_key: bool,
+) -> Option<usize> {
     let Some((first, tail)) = rest.split_first() else {
         return best;
     };
     match (first, v) {
         (Seg::Key(k), toml_edit::Value::InlineTable(t)) => match t.get(k) {
-            Some(inner) => locate_in_value(inner, tail, inner.span().map(|s| s.start).or(best)),
+            Some(inner) => {
+                let key_span = if tail.is_empty() && at_key {
+                    t.key(k).and_then(|key| key.span())
+                } else {
+                    None
+                };
+                let at = key_span.or_else(|| inner.span()).map(|s| s.start).or(best);
+                locate_in_value(inner, tail, at, at_key)
+            }
             None => best,
         },
         (Seg::Index(i), toml_edit::Value::Array(a)) => match a.get(*i) {
-            Some(inner) => locate_in_value(inner, tail, inner.span().map(|s| s.start).or(best)),
+            Some(inner) => {
+                locate_in_value(inner, tail, inner.span().map(|s| s.start).or(best), at_key)
+            }
             None => best,
         },
         _ => best,

@@ -83,7 +83,10 @@ pub fn parse(
     base: &Path,
     source: Option<PathBuf>,
 ) -> Result<Config, ConfigErrors> {
-    let raw: RawConfig = match toml::from_str(text) {
+    let mut unknown: Vec<KeyPath> = Vec::new();
+    let parsed = toml::Deserializer::parse(text)
+        .and_then(|de| serde_ignored::deserialize(de, |path| unknown.push(key_path(&path))));
+    let raw: RawConfig = match parsed {
         Ok(r) => r,
         Err(e) => {
             let (line, col) = match e.span() {
@@ -98,7 +101,7 @@ pub fn parse(
                 line,
                 col,
                 key: String::new(),
-                message: e.message().trim().to_string(),
+                message: one_line(e.message()),
             }]));
         }
     };
@@ -108,12 +111,66 @@ pub fn parse(
         base,
         errors: Vec::new(),
     };
+    if !unknown.is_empty() {
+        let known = raw::known_keys();
+        for k in &unknown {
+            let name = match k.0.last() {
+                Some(locate::Seg::Key(n)) => n.as_str(),
+                _ => "",
+            };
+            let hint = known
+                .iter()
+                .filter(|c| edit_distance(name, c) <= 2)
+                .min_by_key(|c| edit_distance(name, c))
+                .map(|c| format!(" (did you mean `{c}`?)"))
+                .unwrap_or_default();
+            v.err_at(k, true, format!("unknown key `{name}`{hint}"));
+        }
+    }
     let cfg = v.config(raw, source);
     if v.errors.is_empty() {
         Ok(cfg)
     } else {
         Err(ConfigErrors(v.errors))
     }
+}
+
+/// Converts a path reported by `serde_ignored` into our key path.
+fn key_path(p: &serde_ignored::Path<'_>) -> KeyPath {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => KeyPath::default(),
+        Path::Seq { parent, index } => key_path(parent).index(*index),
+        Path::Map { parent, key } => key_path(parent).key(key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Library error texts can span lines (regex); a report has one line per error.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 struct Validator<'a> {
@@ -152,7 +209,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 impl Validator<'_> {
     fn err(&mut self, at: &KeyPath, message: impl Into<String>) {
-        let (line, col) = match locate::locate(self.text, at) {
+        self.err_at(at, false, message)
+    }
+
+    /// Records an error located at the key (`at_key`) or at its value.
+    fn err_at(&mut self, at: &KeyPath, at_key: bool, message: impl Into<String>) {
+        let (line, col) = match locate::locate(self.text, at, at_key) {
             Some(off) => {
                 let (l, c) = locate::line_col(self.text, off);
                 (Some(l), Some(c))
@@ -164,7 +226,7 @@ impl Validator<'_> {
             line,
             col,
             key: at.to_string(),
-            message: message.into(),
+            message: one_line(&message.into()),
         });
     }
 
@@ -916,7 +978,9 @@ impl Validator<'_> {
                         forward_headers: a
                             .headers
                             .iter()
-                            .filter_map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+                            .filter_map(|h| {
+                                http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()
+                            })
                             .collect(),
                         forward_query: a.query,
                     });

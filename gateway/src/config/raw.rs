@@ -1,11 +1,12 @@
 //! The user-facing TOML shape, exactly as written. Nothing outside `config` sees these types:
-//! `model.rs` turns them into the validated internal model.
+//! `model.rs` turns them into the validated internal model. Unknown keys are not refused by serde
+//! (that would stop at the first one): `parse` collects them all with `serde_ignored` and reports
+//! each with its location, next to every other validation error.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub version: u32,
     pub admin: Option<RawAdmin>,
@@ -31,13 +32,11 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: String,
     pub listen: String,
@@ -45,22 +44,21 @@ pub struct RawListener {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub certs: Vec<RawCertPair>,
     pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCertPair {
     pub cert: String,
     pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    /// Defaulted so that a typo (`tagets`) is reported as an unknown key, not a parse failure.
+    #[serde(default)]
     pub targets: Vec<RawTarget>,
     pub lb: Option<String>,
     pub hash_on: Option<String>,
@@ -77,14 +75,12 @@ pub struct RawUpstream {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTarget {
     pub url: String,
     pub weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawHealth {
     pub path: String,
     pub interval: Option<String>,
@@ -94,7 +90,6 @@ pub struct RawHealth {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPassive {
     pub consecutive_failures: Option<u32>,
     pub base_ejection: Option<String>,
@@ -102,14 +97,12 @@ pub struct RawPassive {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawUpstreamTls {
     pub ca: Option<String>,
     pub sni: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
     #[serde(rename = "match", default)]
@@ -130,7 +123,6 @@ pub struct RawRoute {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
@@ -142,7 +134,6 @@ pub struct RawMatch {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawHeaderMatch {
     pub name: String,
     pub value: Option<String>,
@@ -151,7 +142,6 @@ pub struct RawHeaderMatch {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRetries {
     pub attempts: u32,
     #[serde(default)]
@@ -161,13 +151,11 @@ pub struct RawRetries {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRouteLimits {
     pub max_body: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPlugin {
     pub name: String,
     pub wasm: String,
@@ -180,14 +168,12 @@ pub struct RawPlugin {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPluginLimits {
     pub memory: Option<String>,
     pub cpu: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPluginHttp {
     #[serde(default)]
     pub allow: Vec<String>,
@@ -195,7 +181,6 @@ pub struct RawPluginHttp {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawKeySet {
     pub hmac_secret: Option<String>,
     #[serde(default)]
@@ -205,7 +190,6 @@ pub struct RawKeySet {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_request_head: Option<String>,
     pub max_headers: Option<u32>,
@@ -220,21 +204,18 @@ pub struct RawLimits {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub format: Option<String>,
     pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub cache_dir: Option<String>,
     pub pool_max_uses: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub redis: String,
     /// Bound on every Redis call, connect included (default 50ms).
@@ -250,4 +231,75 @@ pub struct RawCluster {
     pub breaker_cooldown: Option<String>,
     /// First segment of every Redis key (default `weir`), to share one Redis between deployments.
     pub key_prefix: Option<String>,
+}
+
+/// Every key name of the config structs, for "did you mean" hints on unknown keys. Collected from
+/// serde's own field lists, so it cannot drift from the structs above.
+pub fn known_keys() -> Vec<&'static str> {
+    use serde::de::{self, Visitor};
+    #[derive(Debug)]
+    struct Fields(&'static [&'static str]);
+    impl std::fmt::Display for Fields {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("probe")
+        }
+    }
+    impl std::error::Error for Fields {}
+    impl de::Error for Fields {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Fields(&[])
+        }
+    }
+    /// A deserializer that only records the field list it is asked for.
+    struct Probe;
+    impl<'de> de::Deserializer<'de> for Probe {
+        type Error = Fields;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Fields> {
+            Err(Fields(&[]))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Fields> {
+            Err(Fields(fields))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    fn fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+        match T::deserialize(Probe) {
+            Err(Fields(f)) => f,
+            Ok(_) => &[],
+        }
+    }
+    [
+        fields::<RawConfig>(),
+        fields::<RawAdmin>(),
+        fields::<RawListener>(),
+        fields::<RawTls>(),
+        fields::<RawCertPair>(),
+        fields::<RawUpstream>(),
+        fields::<RawTarget>(),
+        fields::<RawHealth>(),
+        fields::<RawPassive>(),
+        fields::<RawUpstreamTls>(),
+        fields::<RawRoute>(),
+        fields::<RawMatch>(),
+        fields::<RawHeaderMatch>(),
+        fields::<RawRetries>(),
+        fields::<RawRouteLimits>(),
+        fields::<RawPlugin>(),
+        fields::<RawPluginLimits>(),
+        fields::<RawPluginHttp>(),
+        fields::<RawKeySet>(),
+        fields::<RawLimits>(),
+        fields::<RawLog>(),
+        fields::<RawRuntime>(),
+        fields::<RawCluster>(),
+    ]
+    .concat()
 }

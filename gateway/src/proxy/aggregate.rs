@@ -66,7 +66,13 @@ async fn call_one(
     }
     let uri = http::Uri::builder()
         .scheme(target.url.scheme_str().unwrap_or("http"))
-        .authority(target.url.authority().map(|a| a.as_str()).unwrap_or_default())
+        .authority(
+            target
+                .url
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or_default(),
+        )
         .path_and_query(pq)
         .build()
         .map_err(|e| Failure::Failed(format!("bad backend URI: {e}")))?;
@@ -79,7 +85,13 @@ async fn call_one(
             h.append(name.clone(), v.clone());
         }
     }
-    for name in ["x-request-id", "traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+    for name in [
+        "x-request-id",
+        "traceparent",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ] {
         if let Some(v) = out.parts.headers.get(name) {
             h.insert(name, v.clone());
         }
@@ -103,9 +115,16 @@ async fn call_one(
     if !status.is_success() {
         return Err(Failure::Failed(format!("status {}", status.as_u16())));
     }
-    let body = match tokio::time::timeout(b.timeout, super::collect_body(body::boxed(res.into_body()), cap)).await {
+    let body = match tokio::time::timeout(
+        b.timeout,
+        super::collect_body(body::boxed(res.into_body()), cap),
+    )
+    .await
+    {
         Err(_) => return Err(Failure::Timeout),
-        Ok(Err(GatewayError::BodyTooLarge(n))) => return Err(Failure::Failed(format!("response larger than {n} bytes"))),
+        Ok(Err(GatewayError::BodyTooLarge(n))) => {
+            return Err(Failure::Failed(format!("response larger than {n} bytes")));
+        }
         Ok(Err(e)) => return Err(Failure::Failed(e.to_string())),
         Ok(Ok(b)) => b,
     };
@@ -132,7 +151,12 @@ pub async fn run(
     });
     let results = match tokio::time::timeout(deadline, futures::future::join_all(calls)).await {
         Ok(r) => r,
-        Err(_) => return Err(GatewayError::UpstreamTimeout(format!("aggregate {}", route.spec.name))),
+        Err(_) => {
+            return Err(GatewayError::UpstreamTimeout(format!(
+                "aggregate {}",
+                route.spec.name
+            )));
+        }
     };
     let mut merged = serde_json::Map::new();
     let mut partial: Vec<&str> = Vec::new();
@@ -156,7 +180,10 @@ pub async fn run(
             Err(f) if b.required => {
                 return Err(match f {
                     Failure::Timeout => GatewayError::UpstreamTimeout(label(b).to_string()),
-                    Failure::Failed(reason) => GatewayError::UpstreamFailed { upstream: label(b).to_string(), reason },
+                    Failure::Failed(reason) => GatewayError::UpstreamFailed {
+                        upstream: label(b).to_string(),
+                        reason,
+                    },
                 });
             }
             Err(_) => partial.push(label(b)),
@@ -164,8 +191,10 @@ pub async fn run(
     }
     let mut res = Response::new(body::full(serde_json::Value::Object(merged).to_string()));
     *res.status_mut() = StatusCode::OK;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if !partial.is_empty()
         && let Ok(v) = HeaderValue::from_str(&partial.join(","))
     {
@@ -184,6 +213,8 @@ fn record(gw: &Gateway, route: &str, backend: &str, outcome: &str, took: Duratio
     gw.metrics.aggregate_calls.get_or_create(&l).inc();
     gw.metrics
         .aggregate_latency
-        .get_or_create(&crate::metrics::RouteLabel { route: format!("{route}/{backend}") })
+        .get_or_create(&crate::metrics::RouteLabel {
+            route: format!("{route}/{backend}"),
+        })
         .observe(took.as_secs_f64());
 }

@@ -8,6 +8,7 @@ use crate::error::GatewayError;
 use crate::router;
 use crate::state::{Gateway, RouteRuntime};
 use crate::upstream::{Upstream, balancer::hash_bytes};
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -21,6 +22,13 @@ pub struct Outgoing {
     /// Normalised path (before strip_prefix/rewrite), possibly changed by policies.
     pub path: String,
     pub body: Option<ProxyBody>,
+}
+
+/// Largest request body kept in memory so that it can be retried.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+fn declared_len(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -76,7 +84,20 @@ pub async fn send(
     {
         parts.headers.insert(header::HOST, v);
     }
-    let replayable = body.is_end_stream() && idempotent(&parts.method);
+    // A body can be sent again only if we hold it: small declared bodies are buffered when the
+    // route retries at all. A refused connection never reached the upstream, so connect-failure
+    // retries are safe for every method; other retries only for idempotent ones.
+    let replay: Option<Bytes> = if body.is_end_stream() {
+        Some(Bytes::new())
+    } else if spec.retries.attempts > 0
+        && declared_len(&parts.headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
+    {
+        let taken = std::mem::replace(&mut body, body::empty());
+        Some(super::collect_body(taken, spec.max_body).await?)
+    } else {
+        None
+    };
+    let idempotent = idempotent(&parts.method);
     let key = hash_key(upstream, &parts, facts);
     let deadline = Instant::now() + spec.timeout;
     let policy = &spec.retries;
@@ -86,7 +107,7 @@ pub async fn send(
 
     loop {
         let attempt = tried.len() as u32;
-        let may_retry = replayable && attempt < policy.attempts && route.budget.can_retry();
+        let may_retry = replay.is_some() && attempt < policy.attempts && route.budget.can_retry();
         let idx = upstream
             .pick(key, &tried)
             .ok_or_else(|| GatewayError::NoHealthyTarget(name.to_string()))?;
@@ -109,10 +130,10 @@ pub async fn send(
             .path_and_query(path_and_query.as_str())
             .build()
             .map_err(|e| GatewayError::BadRequest(format!("cannot build upstream URI: {e}")))?;
-        let this_body = if may_retry {
-            body::empty()
-        } else {
-            std::mem::replace(&mut body, body::empty())
+        let this_body = match &replay {
+            Some(b) if b.is_empty() => body::empty(),
+            Some(b) => body::full(b.clone()),
+            None => std::mem::replace(&mut body, body::empty()),
         };
         let mut req = Request::new(this_body);
         *req.method_mut() = parts.method.clone();
@@ -133,8 +154,8 @@ pub async fn send(
         let result = tokio::time::timeout(per_try, upstream.client.request(req)).await;
         gw.metrics
             .upstream_latency
-            .get_or_create(&crate::metrics::RouteLabel {
-                route: name.to_string(),
+            .get_or_create(&crate::metrics::UpstreamLabel {
+                upstream: name.to_string(),
             })
             .observe(started.elapsed().as_secs_f64());
         let outcome = |o: &str| crate::metrics::UpstreamOutcome {
@@ -151,7 +172,7 @@ pub async fn send(
                     .inc();
                 let retry_status = (policy.on_5xx && status.is_server_error())
                     || policy.on_statuses.contains(&status.as_u16());
-                if retry_status && may_retry && Instant::now() < deadline {
+                if retry_status && may_retry && idempotent && Instant::now() < deadline {
                     route.budget.record_retry();
                     continue;
                 }
@@ -177,7 +198,7 @@ pub async fn send(
                 let retry = if connect {
                     policy.on_connect_failure
                 } else {
-                    policy.on_reset
+                    policy.on_reset && idempotent
                 };
                 if retry && may_retry && Instant::now() < deadline {
                     route.budget.record_retry();
@@ -203,7 +224,7 @@ pub async fn send(
                     .upstream_requests
                     .get_or_create(&outcome("timeout"))
                     .inc();
-                if policy.on_timeout && may_retry && Instant::now() < deadline {
+                if policy.on_timeout && may_retry && idempotent && Instant::now() < deadline {
                     route.budget.record_retry();
                     continue;
                 }

@@ -37,12 +37,12 @@ pub fn check_framing(version: http::Version, headers: &HeaderMap) -> Result<(), 
             return Err("malformed Content-Length");
         }
     }
-    if version == http::Version::HTTP_11 {
-        match headers.get_all(header::HOST).iter().count() {
-            0 => return Err("missing Host header"),
-            1 => {}
-            _ => return Err("more than one Host header"),
-        }
+    // Two Hosts are refused in every version: forwarded upstream (always as HTTP/1.1) they
+    // would give the upstream two authorities to choose from.
+    match headers.get_all(header::HOST).iter().count() {
+        0 if version == http::Version::HTTP_11 => return Err("missing Host header"),
+        0 | 1 => {}
+        _ => return Err("more than one Host header"),
     }
     Ok(())
 }
@@ -105,7 +105,8 @@ fn decode_unreserved(seg: &str) -> Result<String, PathError> {
         return Ok(seg.to_string());
     }
     let b = seg.as_bytes();
-    let mut out = String::with_capacity(seg.len());
+    // Bytes, not chars: other bytes are copied as they are, so non-ASCII text stays UTF-8.
+    let mut out: Vec<u8> = Vec::with_capacity(seg.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
@@ -120,17 +121,18 @@ fn decode_unreserved(seg: &str) -> Result<String, PathError> {
             match c {
                 b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                 c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
-                    out.push(c as char)
+                    out.push(c)
                 }
-                c => out.push_str(&format!("%{c:02X}")),
+                c => out.extend_from_slice(format!("%{c:02X}").as_bytes()),
             }
             i += 3;
         } else {
-            out.push(b[i] as char);
+            out.push(b[i]);
             i += 1;
         }
     }
-    Ok(out)
+    // Only ASCII was substituted for ASCII escapes, so this cannot fail.
+    String::from_utf8(out).map_err(|_| PathError::BadEscape)
 }
 
 /// Whether the request asks for a protocol switch (WebSocket), which keeps `Upgrade`/`Connection`.

@@ -79,14 +79,17 @@ impl Balancer {
         }
     }
 
+    /// `retry` picks leave the shared round-robin cursor alone, so a retry does not take the
+    /// next request's turn (which would push that request onto the target that just failed).
     pub fn pick(
         &self,
         targets: &[Arc<Target>],
         key: Option<u64>,
+        retry: bool,
         ok: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         match self {
-            Balancer::RoundRobin { schedule, next } => rr(schedule, next, ok),
+            Balancer::RoundRobin { schedule, next } => rr(schedule, next, retry, ok),
             Balancer::LeastRequest => {
                 let avail: Vec<usize> = (0..targets.len()).filter(|i| ok(*i)).collect();
                 match avail.len() {
@@ -114,7 +117,7 @@ impl Balancer {
                 schedule,
                 next,
             } => match key {
-                None => rr(schedule, next, ok),
+                None => rr(schedule, next, retry, ok),
                 Some(k) => {
                     if ring.is_empty() {
                         return None;
@@ -129,9 +132,20 @@ impl Balancer {
     }
 }
 
-fn rr(schedule: &[usize], next: &AtomicUsize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+fn rr(
+    schedule: &[usize],
+    next: &AtomicUsize,
+    retry: bool,
+    ok: &dyn Fn(usize) -> bool,
+) -> Option<usize> {
     if schedule.is_empty() {
         return None;
+    }
+    if retry {
+        let start = next.load(Ordering::Relaxed);
+        return (0..schedule.len())
+            .map(|i| schedule[(start + i) % schedule.len()])
+            .find(|i| ok(*i));
     }
     for _ in 0..schedule.len() {
         let n = next.fetch_add(1, Ordering::Relaxed);

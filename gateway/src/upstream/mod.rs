@@ -104,13 +104,14 @@ impl Upstream {
     /// Picks a target, skipping `exclude` (targets already tried by this request).
     pub fn pick(&self, hash_key: Option<u64>, exclude: &[usize]) -> Option<usize> {
         let ok = |i: usize| self.available(i) && !exclude.contains(&i);
+        let retry = !exclude.is_empty();
         self.balancer
-            .pick(&self.targets, hash_key, &ok)
+            .pick(&self.targets, hash_key, retry, &ok)
             .or_else(|| {
                 // Every target is down or excluded: fall back to any non-excluded target rather than
                 // fail outright, as Envoy's panic threshold does.
                 self.balancer
-                    .pick(&self.targets, hash_key, &|i| !exclude.contains(&i))
+                    .pick(&self.targets, hash_key, retry, &|i| !exclude.contains(&i))
             })
     }
 
