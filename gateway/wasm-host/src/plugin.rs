@@ -33,7 +33,9 @@ pub struct PluginSpec {
     pub isolation: Isolation,
     /// Linear memory cap per instance, bytes (default 32 MiB).
     pub memory_limit: u64,
-    /// Guest CPU time per call (default 50 ms); time awaiting host I/O is not counted.
+    /// Guest execution time per call (default 50 ms). Measured with epoch ticks as wall time
+    /// while guest code runs; time awaiting host I/O (kv, HTTP, JWKS) is not counted. On a
+    /// saturated machine a descheduled guest still burns its budget.
     pub cpu_limit: Duration,
     /// Outbound HTTP destinations (`scheme://host[:port][/prefix]`); empty = no `http-client`.
     pub http_allow: Vec<String>,

@@ -36,7 +36,9 @@ pub struct RuntimeConfig {
     pub limiter: Arc<dyn RateLimitBackend>,
     /// Epoch tick: the granularity of CPU deadlines (default 5 ms).
     pub epoch_tick: Duration,
-    /// Instance slots of the pooling allocator (all plugins, busy + idle).
+    /// Instance slots of the pooling allocator (all plugins, busy + idle). A request-isolation
+    /// session holds its slot for the whole request, so this also bounds concurrent requests
+    /// through such plugins; when exhausted, calls fail with `PluginErrorKind::Internal`.
     pub max_instances: u32,
     /// Largest per-plugin `memory_limit` accepted (sizes the pool's memory slots).
     pub max_memory_limit: u64,
@@ -199,7 +201,7 @@ impl PolicyRuntime {
         })
     }
 
-    /// Registers the runtime metrics (calls, latency, failures by kind, instantiations) and the
+    /// Call once per registry. Registers the runtime metrics (calls, latency, failures by kind, instantiations) and the
     /// plugins' custom metrics, all labelled with `plugin`.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.inner.metrics.register(registry);

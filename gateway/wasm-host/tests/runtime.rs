@@ -145,6 +145,19 @@ async fn ungranted_http_import_is_refused_at_load() {
         rt.load(&s).await.unwrap_err().kind,
         LoadErrorKind::InvalidSpec(_)
     ));
+    // An interface the gateway does not provide at all is refused, naming it.
+    let err = rt
+        .load(&spec("foreign", "foreign-import", Isolation::Pooled))
+        .await
+        .unwrap_err();
+    match &err.kind {
+        LoadErrorKind::ImportNotGranted { import, hint } => {
+            assert_eq!(import, "test:foreign/secret");
+            assert!(hint.contains("weir:policy"), "{hint}");
+        }
+        other => panic!("expected ImportNotGranted, got {other:?}"),
+    }
+    assert!(err.to_string().contains("fixture_foreign_import.wasm"));
     // Plugins that do not import http-client need no grant.
     rt.load(&spec("noop", "noop", Isolation::Pooled))
         .await

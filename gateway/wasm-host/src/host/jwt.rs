@@ -37,7 +37,8 @@ const JWKS_MAX_BODY: usize = 1024 * 1024;
 /// are used together.
 #[derive(Clone, Debug, Default)]
 pub struct KeySetSpec {
-    /// Shared secret for HS256/384/512 (raw bytes of the string).
+    /// Shared secret for HS256/384/512 (raw bytes of the string); at least 32 bytes, as RFC 7518
+    /// §3.2 requires (shorter secrets can be brute-forced from one token).
     pub hmac_secret: Option<String>,
     /// PEM public keys (RSA, EC or Ed25519), one per file.
     pub pem_files: Vec<PathBuf>,
