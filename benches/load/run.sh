@@ -22,8 +22,8 @@
 #   BODY_BYTES  upstream body size (default 1024)
 #   CERT_ALG    tls mode certificate: rsa (RSA-2048, default) | ec (ECDSA P-256)
 #   NO_BUILD=1  do not run cargo (use the binaries already built)
-#   WEIR_BIN    gateway binary (default target/release/weir)
-#   WEIR_ARGS   its arguments, @CONFIG@ replaced by the rendered config (default "--config @CONFIG@")
+#   WEIR_BIN    gateway binary (default $CARGO_TARGET_DIR/release/weir, else target/release/weir)
+#   WEIR_ARGS   its arguments, @CONFIG@ replaced by the rendered config (default "run -c @CONFIG@")
 #   PLUGIN_DIR  where the .wasm policies are (default plugins/target/wasm32-wasip2/release)
 #   OUT         report path (default benches/load/results[-tls]-<date>.md)
 #   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk output) and print its path
@@ -49,8 +49,8 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-18000}
 WEIR_PORT=${WEIR_PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
 HAPROXY_PORT=${HAPROXY_PORT:-18082}
-WEIR_BIN=${WEIR_BIN:-$ROOT/target/release/weir}
-WEIR_ARGS=${WEIR_ARGS:-"--config @CONFIG@"}
+WEIR_BIN=${WEIR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/weir}
+WEIR_ARGS=${WEIR_ARGS:-"run -c @CONFIG@"}
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/plugins/target/wasm32-wasip2/release}
 BENCH_TARGET=$ROOT/target/bench-tools
 UPSTREAM_BIN=$BENCH_TARGET/release/hello-upstream

@@ -360,6 +360,14 @@ impl Validator<'_> {
             {
                 self.err(&at, "a key set needs hmac_secret, pem, jwks or jwks_url");
             }
+            if let Some(secret) = &k.hmac_secret
+                && secret.len() < 32
+            {
+                self.err(
+                    &at.key("hmac_secret"),
+                    "hmac_secret must be at least 32 bytes (RFC 7518 §3.2)",
+                );
+            }
             let pem = k
                 .pem
                 .iter()
