@@ -245,7 +245,9 @@ async fn misbehave(mut s: TcpStream, how: Misbehavior, requests: &AtomicUsize) {
             let _ = s.write_all(&out).await;
             let _ = s.flush().await;
             tokio::time::sleep(Duration::from_millis(100)).await;
-            // Linger 0: close() sends RST instead of FIN.
+            // Linger 0: close() sends RST instead of FIN (and, with a zero timeout, never blocks,
+            // which is why tokio deprecated the general method).
+            #[allow(deprecated)]
             let _ = s.set_linger(Some(Duration::ZERO));
             drop(s);
         }
@@ -591,4 +593,69 @@ pub struct StreamOutcome {
     pub reset: Option<u32>,
     pub goaway: Option<u32>,
     pub closed: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// A certificate a TLS scanner accepts
+// ---------------------------------------------------------------------------------------------
+
+/// Civil date (year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+/// Writes `ca.pem`, `server.crt` and `server.key` into `dir`: a test CA and a `localhost` /
+/// `127.0.0.1` server certificate shaped like a public one, so a scanner (testssl.sh) judges the
+/// gateway's TLS and not the test's certificate: valid from yesterday for 90 days, with a CRL
+/// distribution point, digitalSignature key usage and the serverAuth EKU.
+pub fn write_scan_grade_cert(dir: &std::path::Path) {
+    let today = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400) as i64;
+    let date = |offset: i64| {
+        let (y, m, d) = civil_from_days(today + offset);
+        rcgen::date_time_ymd(y, m, d)
+    };
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Weir scan CA");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    ca.not_before = date(-1);
+    ca.not_after = date(365);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    leaf.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+        uris: vec!["http://crl.weir.test/ca.crl".to_string()],
+    }];
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.not_before = date(-1);
+    leaf.not_after = date(90);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
+    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
 }
