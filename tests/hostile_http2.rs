@@ -21,6 +21,9 @@ use weir_testkit::extra_f::{
 
 const IDLE: Duration = Duration::from_millis(1500);
 
+/// Header fields as raw bytes, written to the wire as given.
+type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
+
 async fn gateway() -> (TestGateway, PathLogUpstream) {
     let up = PathLogUpstream::start().await;
     let gw = TestGateway::start(&format!(
@@ -164,7 +167,7 @@ async fn forbidden_bytes_in_fields_are_a_connection_error() {
 #[tokio::test]
 async fn malformed_pseudo_headers_and_targets_are_refused() {
     let (gw, up) = gateway().await;
-    let cases: Vec<(&str, Vec<(&[u8], &[u8])>)> = vec![
+    let cases: Vec<(&str, Fields)> = vec![
         ("CRLF in :path", get_fields(b"/p1\r\nx: y", &[])),
         ("space in :path", get_fields(b"/p2 HTTP/1.1", &[])),
         ("empty :path", get_fields(b"", &[])),
