@@ -203,12 +203,19 @@ pub struct Sample {
     pub headers: Vec<Option<String>>,
     /// The transport error, if the request failed before a response.
     pub error: Option<String>,
+    /// The body of a non-200 response (to diagnose failures).
+    pub body: Option<String>,
+    /// When the request was sent, since the load started, and how long it took.
+    pub sent_at: Duration,
+    pub latency: Duration,
 }
 
 /// Load driver: `clients` concurrent keep-alive clients send GET `url` until `stop` is set or
 /// `max` requests were sent in total (a hard bound so the loop always ends), recording each
 /// response's status and the headers named in `record`. `done` counts finished requests.
 pub struct Load {
+    /// When the load started ([`Sample::sent_at`] counts from here).
+    pub started: std::time::Instant,
     pub done: Arc<AtomicUsize>,
     pub stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
@@ -220,6 +227,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(0));
         let record: Arc<Vec<String>> = Arc::new(record.iter().map(|s| s.to_string()).collect());
+        let t0 = std::time::Instant::now();
         let tasks = (0..clients)
             .map(|client| {
                 let (done, stop, sent, record, url) = (
@@ -234,6 +242,7 @@ impl Load {
                     let mut out = Vec::new();
                     while !stop.load(Ordering::SeqCst) && sent.fetch_add(1, Ordering::SeqCst) < max
                     {
+                        let sent_at = t0.elapsed();
                         let s = match c
                             .send(http::Method::GET, &url, &[], bytes::Bytes::new())
                             .await
@@ -246,12 +255,18 @@ impl Load {
                                     .map(|h| r.header(h).map(str::to_string))
                                     .collect(),
                                 error: None,
+                                body: (r.status != 200).then(|| r.text()),
+                                sent_at,
+                                latency: t0.elapsed() - sent_at,
                             },
                             Err(e) => Sample {
                                 client,
                                 status: 0,
                                 headers: Vec::new(),
                                 error: Some(format!("{e:#}")),
+                                body: None,
+                                sent_at,
+                                latency: t0.elapsed() - sent_at,
                             },
                         };
                         out.push(s);
@@ -261,7 +276,12 @@ impl Load {
                 })
             })
             .collect();
-        Self { done, stop, tasks }
+        Self {
+            started: t0,
+            done,
+            stop,
+            tasks,
+        }
     }
 
     /// Waits until at least `n` requests finished (or `timeout` passed); returns whether it did.
