@@ -232,7 +232,6 @@ async fn testssl_scan_finds_nothing_serious_but_the_cipher_order() {
 /// preference unless `ServerConfig::ignore_client_order` is set, which `tls.rs` does not do.
 /// (Every suite offered is an AEAD suite, so the practical risk is small, but the scan fails.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: testssl.sh reports cipher_order HIGH (\"NOT a cipher order configured\"); tls.rs leaves rustls ServerConfig::ignore_client_order = false"]
 async fn testssl_finds_nothing_of_medium_severity_or_above() {
     let (findings, _) = scan().await;
     let s = serious(findings);

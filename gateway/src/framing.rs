@@ -1,10 +1,11 @@
 //! A read-side observer of HTTP/1 framing, in front of hyper.
 //!
-//! hyper resolves a request carrying both `Content-Length` and `Transfer-Encoding` by dropping
-//! `Content-Length` (and closing the connection), so the handler can no longer see the conflict.
-//! Such a request is a smuggling attempt and gets a 400: this wrapper follows the byte stream
-//! (request heads, then `Content-Length` or chunked bodies) and flags the connection when a head
-//! carries both. It never changes a byte, and on anything it does not understand (HTTP/2 preface,
+//! hyper resolves some ambiguous framings itself before the handler sees the request: it drops
+//! `Content-Length` when `Transfer-Encoding` is present, merges repeated equal `Content-Length`
+//! headers, and accepts `chunked` repeated or after other codings. Each is a smuggling vector
+//! (another hop may read the message differently) and gets a 400: this wrapper follows the byte
+//! stream (request heads, then `Content-Length` or chunked bodies) and flags the connection when a
+//! head is ambiguous. It never changes a byte, and on anything it does not understand (HTTP/2 preface,
 //! upgrades, malformed framing that hyper will reject anyway) it stops observing.
 
 use std::pin::Pin;
@@ -139,20 +140,33 @@ impl<S> FramingObserver<S> {
             return State::Off;
         }
         let mut cl: Option<u64> = None;
-        let (mut has_cl, mut te, mut upgrade) = (false, false, false);
+        let (mut cl_count, mut upgrade) = (0usize, false);
+        let mut te_tokens: Vec<String> = Vec::new();
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                has_cl = true;
+                cl_count += 1;
                 cl = std::str::from_utf8(h.value)
                     .ok()
                     .and_then(|v| v.trim().parse().ok());
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te = true;
+                let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                te_tokens.extend(
+                    v.split(',')
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty()),
+                );
+                if v.trim().is_empty() {
+                    te_tokens.push(String::new());
+                }
             } else if h.name.eq_ignore_ascii_case("upgrade") {
                 upgrade = true;
             }
         }
-        if has_cl && te {
+        let has_cl = cl_count > 0;
+        let te = !te_tokens.is_empty();
+        // Ambiguous framing that parsers disagree on: both lengths, a repeated Content-Length
+        // (hyper merges equal ones), or any Transfer-Encoding other than exactly `chunked`.
+        if (has_cl && te) || cl_count > 1 || (te && te_tokens != ["chunked"]) {
             self.flag.store(true, Ordering::Relaxed);
             return State::Off;
         }
@@ -182,13 +196,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingObserver<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &poll
-            && !matches!(self.state, State::Off)
+            && !matches!(this.state, State::Off)
         {
-            let fresh = buf.filled()[before..].to_vec();
-            self.feed(&fresh);
+            this.feed(&buf.filled()[before..]);
         }
         poll
     }
@@ -262,6 +276,23 @@ mod tests {
         ]));
         assert!(!run(&[
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn flags_repeated_lengths_and_odd_codings() {
+        assert!(run(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+        ]));
+        assert!(run(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"
+        ]));
+        assert!(run(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\n\r\n"
+        ]));
+        assert!(run(&[b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"]));
+        assert!(!run(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n"
         ]));
     }
 

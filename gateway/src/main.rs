@@ -1,6 +1,11 @@
 //! The `weir` command line.
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the proxy allocates small, short-lived buffers per request; glibc malloc showed up
+/// at ~8 % of CPU in profiles of the plain proxy path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -77,6 +77,10 @@ pub enum PluginCmd {
         /// Outbound HTTP destination the plugin may reach (repeatable), as in `http.allow`.
         #[arg(long)]
         http_allow: Vec<String>,
+        /// Compile the component afresh instead of using the compile cache
+        /// (`$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir` or `~/.cache/weir`).
+        #[arg(long)]
+        no_cache: bool,
     },
 }
 
@@ -151,6 +155,7 @@ pub async fn run(cmd: PluginCmd) -> ExitCode {
             client_ip,
             host,
             http_allow,
+            no_cache,
         } => {
             let req = TestInput {
                 wasm,
@@ -162,6 +167,7 @@ pub async fn run(cmd: PluginCmd) -> ExitCode {
                 client_ip,
                 host,
                 http_allow,
+                cache_dir: if no_cache { None } else { user_cache_dir() },
             };
             test_plugin(&req).await.map(|report| print!("{report}"))
         }
@@ -670,7 +676,8 @@ fn build_js(dir: &Path) -> Result<(PathBuf, String, bool), String> {
             .into_iter()
             .filter(|p| p.exists()),
     );
-    let key = source_hash(dir, &hashed, &tool)?;
+    let entry_js = js_entry(&main);
+    let key = source_hash(dir, &hashed, &format!("{tool}\n{entry_js}"))?;
     let cache = dir.join(".weir/cache");
     let cached = cache.join(format!("{key}.wasm"));
     if cached.exists() {
@@ -681,7 +688,7 @@ fn build_js(dir: &Path) -> Result<(PathBuf, String, bool), String> {
     // as `weir-init` and renamed in the finished component.
     let wit = write_build_wit(dir, &build_world(&imports, "weir-init"))?;
     let entry = dir.join(".weir/entry.js");
-    std::fs::write(&entry, js_entry(&main)).map_err(|e| format!("write entry: {e}"))?;
+    std::fs::write(&entry, entry_js).map_err(|e| format!("write entry: {e}"))?;
     let raw = dir.join(".weir/raw.wasm");
     run_tool(
         Command::new(&qjs)
@@ -787,7 +794,13 @@ function response(r) {{
 }}
 
 export function weirInit(config) {{
-  const info = policy.init ? policy.init(config) : undefined;
+  let info;
+  try {{
+    info = policy.init ? policy.init(config) : undefined;
+  }} catch (e) {{
+    // The WIT error is a string: an Error becomes its message.
+    throw typeof e === "string" ? e : String((e && e.message) || e);
+  }}
   return {{
     needsRequestBody: !!(info && info.needsRequestBody),
     needsResponseBody: !!(info && info.needsResponseBody),
@@ -1111,6 +1124,20 @@ pub struct TestInput {
     pub client_ip: String,
     pub host: String,
     pub http_allow: Vec<String>,
+    /// Compile cache (Python components take seconds to compile); `None` = compile every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The user's compile cache for `weir plugin test`: only that user writes it.
+fn user_cache_dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("WEIR_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("weir")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache/weir")))
 }
 
 /// Reads a plugin config file (`.toml` or JSON) as JSON text.
@@ -1162,7 +1189,16 @@ pub async fn test_plugin(input: &TestInput) -> Result<String, String> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plugin".into());
-    let rt = PolicyRuntime::new(RuntimeConfig::default()).map_err(|e| e.to_string())?;
+    let rt = PolicyRuntime::new(RuntimeConfig {
+        cache_dir: input.cache_dir.clone(),
+        ..RuntimeConfig::default()
+    })
+    .or_else(|e| match input.cache_dir {
+        // An unusable cache only costs time.
+        Some(_) => PolicyRuntime::new(RuntimeConfig::default()),
+        None => Err(e),
+    })
+    .map_err(|e| e.to_string())?;
     let mut spec = PluginSpec::new(id, &input.wasm);
     spec.config_json = config_json;
     spec.isolation = Isolation::Request;

@@ -209,11 +209,23 @@ impl ChainSession {
             let result = session.on_request(cx, req).await;
             match result {
                 Ok(host::Action::Continue(edits)) => {
+                    if let Err(why) = check_edits(
+                        &edits.set_headers,
+                        &edits.append_headers,
+                        &edits.remove_headers,
+                    ) {
+                        bad_output(&plugin, why)?;
+                        continue;
+                    }
                     if let Some(b) = apply_request_edits(out, edits)? {
                         buffered = Some(b);
                     }
                 }
                 Ok(host::Action::Respond(r)) => {
+                    if let Err(why) = check_edits(&r.headers, &Vec::new(), &[]) {
+                        bad_output(&plugin, why)?;
+                        continue;
+                    }
                     let res = local_response(r, &facts.request_id);
                     // Plugins that already ran still see the local answer (e.g. CORS headers on a 401).
                     self.sessions.truncate(i + 1);
@@ -277,6 +289,14 @@ impl ChainSession {
             };
             match session.on_response(cx, head).await {
                 Ok(edits) => {
+                    if let Err(why) = check_edits(
+                        &edits.set_headers,
+                        &edits.append_headers,
+                        &edits.remove_headers,
+                    ) {
+                        bad_output(&plugin, why)?;
+                        continue;
+                    }
                     if let Some(nb) = apply_response_edits(&mut parts, edits) {
                         buffered = Some(nb);
                     }
@@ -320,6 +340,52 @@ fn fail(plugin: &PluginInstance, e: host::PluginError) -> Result<(), GatewayErro
             Err(GatewayError::PluginFailed {
                 plugin: plugin.spec.name.clone(),
                 reason: e.kind.to_string(),
+            })
+        }
+    }
+}
+
+/// Most header edits one plugin may return from one phase.
+const MAX_HEADER_EDITS: usize = 256;
+/// Most header bytes one plugin may add in one phase (the edge's own head limit is 60 KiB).
+const MAX_HEADER_EDIT_BYTES: usize = 60 * 1024;
+
+/// Refuses guest output that would build an oversized head: a misbehaving plugin is a plugin
+/// failure (its fail mode applies), not a 10 MiB header sent on.
+pub fn check_edits(
+    set: &host::Fields,
+    append: &host::Fields,
+    remove: &[String],
+) -> Result<(), String> {
+    let n = set.len() + append.len() + remove.len();
+    if n > MAX_HEADER_EDITS {
+        return Err(format!("{n} header edits (at most {MAX_HEADER_EDITS})"));
+    }
+    let bytes: usize = set
+        .iter()
+        .chain(append.iter())
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if bytes > MAX_HEADER_EDIT_BYTES {
+        return Err(format!(
+            "{bytes} bytes of headers (at most {MAX_HEADER_EDIT_BYTES})"
+        ));
+    }
+    Ok(())
+}
+
+/// Applies the fail mode to invalid guest output.
+fn bad_output(plugin: &PluginInstance, why: String) -> Result<(), GatewayError> {
+    match plugin.loaded.on_error {
+        host::FailMode::Open => {
+            tracing::warn!(plugin = %plugin.loaded.id, error = %why, "policy returned invalid output; on_error = open, ignoring it");
+            Ok(())
+        }
+        host::FailMode::Closed => {
+            tracing::error!(plugin = %plugin.loaded.id, error = %why, "policy returned invalid output; answering 503");
+            Err(GatewayError::PluginFailed {
+                plugin: plugin.spec.name.clone(),
+                reason: format!("invalid output: {why}"),
             })
         }
     }
@@ -394,20 +460,21 @@ pub fn edit_headers(
             continue;
         };
         // Several values for one name in `set-headers` all survive (but for Host).
+        // `try_*`: a map past its capacity must fail softly, never panic (checked by `check_edits`).
         if first_set.contains(&n) && n != header::HOST {
-            h.append(n, v);
+            let _ = h.try_append(n, v);
         } else {
             first_set.push(n.clone());
-            h.insert(n, v);
+            let _ = h.try_insert(n, v);
         }
     }
     for (k, v) in append {
         match parse(&k, &v) {
             Some((n, v)) if n == header::HOST => {
-                h.insert(n, v);
+                let _ = h.try_insert(n, v);
             }
             Some((n, v)) => {
-                h.append(n, v);
+                let _ = h.try_append(n, v);
             }
             None => {}
         }

@@ -114,7 +114,7 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
             peer,
             scheme,
             listener: name.clone(),
-            conflicting_lengths: flag.clone(),
+            ambiguous_framing: flag.clone(),
         });
         let gw2 = gw.clone();
         let svc = service_fn(move |req| proxy::handle(gw2.clone(), conn.clone(), req));

@@ -329,6 +329,8 @@ fn build_config(
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(entries)));
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    // Our cipher suite order (strongest first), not the client's: testssl rates client order HIGH.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

@@ -177,24 +177,38 @@ pub async fn send(
                     continue;
                 }
                 let (rparts, rbody) = res.into_parts();
-                // Keep the in-flight slot until the body has been relayed (least-request, breaker).
-                let rbody = body::boxed(rbody.map_frame(move |f| {
-                    let _ = &guard;
-                    f
-                }));
+                // Keep the in-flight slot until the body has been relayed (least-request, breaker),
+                // and cut a body that stalls for longer than the route timeout (like nginx's
+                // proxy_read_timeout): a stuck upstream must not hold a client forever.
+                let rbody = IdleTimeoutBody::new(
+                    rbody.map_frame(move |f| {
+                        let _ = &guard;
+                        f
+                    }),
+                    spec.timeout,
+                );
+                let rbody = body::boxed(rbody);
                 return Ok(Response::from_parts(rparts, rbody));
             }
             Ok(Err(e)) => {
                 drop(guard);
+                // The client's own body failed (too large, or broken chunked framing): a client
+                // error, not the upstream's fault.
+                if super::is_length_limit(&e) {
+                    return Err(GatewayError::BodyTooLarge(spec.max_body));
+                }
+                if is_request_body_error(&e) {
+                    return Err(GatewayError::BadRequest(format!(
+                        "invalid request body: {}",
+                        error_chain(&e)
+                    )));
+                }
                 let connect = e.is_connect();
                 upstream.report(idx, false);
                 gw.metrics
                     .upstream_requests
                     .get_or_create(&outcome(if connect { "connect_error" } else { "error" }))
                     .inc();
-                if super::is_length_limit(&e) {
-                    return Err(GatewayError::BodyTooLarge(spec.max_body));
-                }
                 let retry = if connect {
                     policy.on_connect_failure
                 } else {
@@ -244,6 +258,20 @@ fn status_class(s: StatusCode) -> &'static str {
     }
 }
 
+/// hyper marks a failure of the body *we* were streaming as a user error.
+fn is_request_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && h.is_user()
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -275,4 +303,61 @@ pub fn splice_upgrade(
     });
     let (parts, _) = res.into_parts();
     Response::from_parts(parts, body::empty())
+}
+
+/// A body that fails if no frame arrives for `idle`.
+struct IdleTimeoutBody<B> {
+    inner: B,
+    idle: std::time::Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleTimeoutBody<B> {
+    fn new(inner: B, idle: std::time::Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body stalled for longer than {0:?}")]
+struct BodyIdleTimeout(std::time::Duration);
+
+impl<B> http_body::Body for IdleTimeoutBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<body::BoxError>,
+{
+    type Data = Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(f) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(f.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -53,6 +53,8 @@ pub enum PathError {
     NotAbsolute,
     EncodedSeparator,
     BadEscape,
+    Semicolon,
+    Nul,
 }
 
 impl std::fmt::Display for PathError {
@@ -61,6 +63,8 @@ impl std::fmt::Display for PathError {
             PathError::NotAbsolute => "path must start with '/'",
             PathError::EncodedSeparator => "encoded '/' or '\\' in path",
             PathError::BadEscape => "invalid percent-encoding in path",
+            PathError::Semicolon => "';' (path parameters) is not accepted in paths",
+            PathError::Nul => "encoded NUL in path",
         })
     }
 }
@@ -76,6 +80,11 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     }
     if raw.contains('\\') {
         return Err(PathError::EncodedSeparator);
+    }
+    // Servlet containers read `;` as the start of path parameters (`/admin;x` is `/admin`), and
+    // C backends stop at NUL: both would let a request dodge a prefix guard.
+    if raw.contains(';') {
+        return Err(PathError::Semicolon);
     }
     let mut out: Vec<String> = Vec::new();
     let trailing = raw.ends_with('/') || raw.ends_with("/.") || raw.ends_with("/..");
@@ -120,6 +129,7 @@ fn decode_unreserved(seg: &str) -> Result<String, PathError> {
             let c = (h * 16 + l) as u8;
             match c {
                 b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                0 => return Err(PathError::Nul),
                 c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
                     out.push(c)
                 }
@@ -327,6 +337,8 @@ mod tests {
             Err(PathError::EncodedSeparator)
         );
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("/admin;x"), Err(PathError::Semicolon));
+        assert_eq!(normalize_path("/admin%00"), Err(PathError::Nul));
         assert_eq!(normalize_path("a"), Err(PathError::NotAbsolute));
     }
 

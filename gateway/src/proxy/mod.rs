@@ -34,9 +34,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub scheme: &'static str,
     pub listener: Arc<str>,
-    /// Set by [`crate::framing::FramingObserver`] when a request head carried both
-    /// `Content-Length` and `Transfer-Encoding` (hyper hides the conflict from us).
-    pub conflicting_lengths: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by [`crate::framing::FramingObserver`] when a request head had ambiguous framing
+    /// (hyper resolves it silently, hiding it from us). The connection is then refused.
+    pub ambiguous_framing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Per-request facts gathered along the path, used by logging and policies.
@@ -110,12 +110,11 @@ async fn route_and_forward(
 
     // 1. Framing and sizes.
     if conn
-        .conflicting_lengths
+        .ambiguous_framing
         .load(std::sync::atomic::Ordering::Relaxed)
-        && req.headers().contains_key(header::TRANSFER_ENCODING)
     {
         return Err(GatewayError::BadRequest(
-            "both Content-Length and Transfer-Encoding are present".into(),
+            "ambiguous message framing (Content-Length / Transfer-Encoding)".into(),
         ));
     }
     hygiene::check_framing(req.version(), req.headers())
