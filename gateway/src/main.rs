@@ -61,12 +61,27 @@ fn init_logging(json: bool) {
     }
 }
 
+/// Worker threads: `WEIR_WORKERS` (default: the CPUs this process may run on). With one worker
+/// the current-thread scheduler is used: no work-stealing or cross-thread wake-ups, which is
+/// what a proxy pinned to one core wants.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let workers = std::env::var("WEIR_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
