@@ -12,7 +12,7 @@ use crate::error::{PluginError, PluginErrorKind};
 use crate::host::http::AllowRule;
 use crate::metrics::{Phase, PluginMetrics};
 use crate::runtime::Services;
-use crate::state::{CallClock, HostState};
+use crate::state::{CallClock, DeadlineHit, EpochVerdict, HostState};
 use crate::types::{
     Action, FailMode, Isolation, LogEntry, PluginInfo, PolicyRequest, RequestContext,
     ResponseEdits, ResponseHead,
@@ -33,9 +33,10 @@ pub struct PluginSpec {
     pub isolation: Isolation,
     /// Linear memory cap per instance, bytes (default 32 MiB).
     pub memory_limit: u64,
-    /// Guest execution time per call (default 50 ms). Measured with epoch ticks as wall time
-    /// while guest code runs; time awaiting host I/O (kv, HTTP, JWKS) is not counted. On a
-    /// saturated machine a descheduled guest still burns its budget.
+    /// Guest CPU time per call (default 50 ms): the thread CPU time of the guest's own code,
+    /// checked at epoch ticks. Time awaiting host I/O (kv, HTTP, JWKS) and time the thread sat
+    /// descheduled (busy machine, CPU throttling) are not counted. A call whose guest code runs
+    /// 20× this long in wall-clock time (at least 1 s) is stopped anyway.
     pub cpu_limit: Duration,
     /// Outbound HTTP destinations (`scheme://host[:port][/prefix]`); empty = no `http-client`.
     pub http_allow: Vec<String>,
@@ -137,19 +138,15 @@ impl PluginCore {
     fn begin(&self, store: &mut Store<HostState>, cx: &mut RequestContext, budget: Duration) {
         let st = store.data_mut();
         st.cx = std::mem::take(cx);
-        st.clock = CallClock {
-            started: Instant::now(),
-            host_time: Duration::ZERO,
-            budget,
-            deadline_hit: false,
-        };
+        st.clock = CallClock::start(budget, self.epoch_tick, Instant::now());
         st.limits.hit = false;
         st.stderr
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear_recent();
-        // A reused store keeps its old deadline: re-arm before every call.
-        store.set_epoch_deadline(ticks_for(budget, self.epoch_tick));
+        // A reused store keeps its old deadline: re-arm before every call. The first check
+        // comes at the next tick; see `CallClock` for why not after the whole budget.
+        store.set_epoch_deadline(CallClock::FIRST_CHECK_TICKS);
     }
 
     fn end(store: &mut Store<HostState>, cx: &mut RequestContext) {
@@ -166,10 +163,19 @@ impl PluginCore {
                 format!("{m} (guest stderr: {tail})")
             }
         };
-        if st.clock.deadline_hit || err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        let clock = &st.clock;
+        if clock.deadline_hit.is_some() || err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            let message = match clock.deadline_hit {
+                Some(DeadlineHit::Wall) => format!(
+                    "ran {:?} of wall-clock time without finishing (CPU limit {:?}; the guest \
+                     blocked or its thread was starved)",
+                    clock.backstop, clock.budget
+                ),
+                _ => format!("exceeded its CPU limit of {:?}", clock.budget),
+            };
             return CallFailure {
                 kind: PluginErrorKind::Deadline,
-                message: format!("exceeded its CPU limit of {:?}", st.clock.budget),
+                message,
             };
         }
         if st.limits.hit {
@@ -197,15 +203,10 @@ impl PluginCore {
         store.limiter(|s| &mut s.limits);
         let tick = self.epoch_tick;
         store.epoch_deadline_callback(move |mut cx| {
-            let clock = &mut cx.data_mut().clock;
-            match clock.remaining() {
-                // Time spent awaiting host I/O moved the wall clock, not the guest's budget.
-                Some(left) => Ok(UpdateDeadline::Continue(ticks_for(left, tick))),
-                None => {
-                    clock.deadline_hit = true;
-                    Ok(UpdateDeadline::Interrupt)
-                }
-            }
+            Ok(match cx.data_mut().clock.on_epoch() {
+                EpochVerdict::Continue(left) => UpdateDeadline::Continue(ticks_for(left, tick)),
+                EpochVerdict::Interrupt => UpdateDeadline::Interrupt,
+            })
         });
         let mut cx = RequestContext::default();
         let started = Instant::now();

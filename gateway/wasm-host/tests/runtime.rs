@@ -171,8 +171,13 @@ async fn deadline_stops_an_infinite_loop_and_the_runtime_keeps_working() {
         let mut s = spec("spin", "loop-forever", isolation);
         s.cpu_limit = Duration::from_millis(30);
         let plugin = rt.load(&s).await.unwrap();
+        let started = std::time::Instant::now();
         let err = call(&plugin, &[]).await.unwrap_err();
+        let took = started.elapsed();
         assert_eq!(err.kind, PluginErrorKind::Deadline, "{err}");
+        // Stopped by its CPU use (30 ms + a tick or two), long before the 1 s wall backstop.
+        assert!(err.message.contains("CPU limit of 30ms"), "{err}");
+        assert!(took < Duration::from_millis(900), "{took:?}");
         assert_eq!(
             plugin.idle_instances(),
             0,

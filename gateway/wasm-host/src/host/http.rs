@@ -3,7 +3,7 @@
 //! matches when scheme, host and port are equal and its path is under the prefix (segment-wise,
 //! with no `..`). Redirects are not followed (the guest sees the 3xx), response bodies are capped.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Uri};
@@ -239,10 +239,10 @@ async fn send_one(plugin: &PluginShared, r: OutboundRequest) -> Result<OutboundR
 
 impl Host for HostState {
     async fn send(&mut self, request: OutboundRequest) -> Result<OutboundResponse, String> {
-        let t = Instant::now();
+        self.host_call_begin();
         let plugin = self.plugin.clone();
         let r = send_one(&plugin, request).await;
-        self.add_host_time(t);
+        self.host_call_end();
         r
     }
 
@@ -261,11 +261,11 @@ impl Host for HostState {
                 })
                 .collect();
         }
-        let t = Instant::now();
+        self.host_call_begin();
         let plugin = self.plugin.clone();
         let r =
             futures::future::join_all(requests.into_iter().map(|req| send_one(&plugin, req))).await;
-        self.add_host_time(t);
+        self.host_call_end();
         r
     }
 }

@@ -526,10 +526,10 @@ impl Host for HostState {
         token: String,
         options: VerifyOptions,
     ) -> Result<String, VerifyError> {
-        let t = Instant::now();
+        self.host_call_begin();
         let plugin = self.plugin.clone();
         let r = plugin.services.key_sets.verify(&token, &options).await;
-        self.add_host_time(t);
+        self.host_call_end();
         r
     }
 }

@@ -238,9 +238,9 @@ fn check_value(v: &[u8]) -> Result<(), String> {
 impl Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         let key = self.kv_key(&key)?;
-        let t = Instant::now();
+        self.host_call_begin();
         let r = self.plugin.services.kv.get(&key).await;
-        self.add_host_time(t);
+        self.host_call_end();
         r
     }
 
@@ -252,17 +252,17 @@ impl Host for HostState {
     ) -> Result<(), String> {
         let key = self.kv_key(&key)?;
         check_value(&value)?;
-        let t = Instant::now();
+        self.host_call_begin();
         let r = self.plugin.services.kv.set(&key, value, ttl(ttl_ms)).await;
-        self.add_host_time(t);
+        self.host_call_end();
         r
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, String> {
         let key = self.kv_key(&key)?;
-        let t = Instant::now();
+        self.host_call_begin();
         let r = self.plugin.services.kv.delete(&key).await;
-        self.add_host_time(t);
+        self.host_call_end();
         r
     }
 
@@ -273,14 +273,14 @@ impl Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<i64, String> {
         let key = self.kv_key(&key)?;
-        let t = Instant::now();
+        self.host_call_begin();
         let r = self
             .plugin
             .services
             .kv
             .increment(&key, delta, ttl(ttl_ms))
             .await;
-        self.add_host_time(t);
+        self.host_call_end();
         r
     }
 
@@ -293,14 +293,14 @@ impl Host for HostState {
     ) -> Result<bool, String> {
         let key = self.kv_key(&key)?;
         check_value(&new)?;
-        let t = Instant::now();
+        self.host_call_begin();
         let r = self
             .plugin
             .services
             .kv
             .compare_and_swap(&key, expected, new, ttl(ttl_ms))
             .await;
-        self.add_host_time(t);
+        self.host_call_end();
         r
     }
 }

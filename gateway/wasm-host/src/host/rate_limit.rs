@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use governor::clock::{Clock, DefaultClock};
@@ -188,14 +188,14 @@ impl Host for HostState {
             limit: quota.limit,
             window: Duration::from_millis(quota.window_ms),
         };
-        let t = Instant::now();
+        self.host_call_begin();
         let plugin = self.plugin.clone();
         let r = plugin
             .services
             .limiter
             .check(&plugin.kv_namespace, &name, &key, quota, cost)
             .await;
-        self.add_host_time(t);
+        self.host_call_end();
         r.map(|d| Decision {
             allowed: d.allowed,
             limit: d.limit,
