@@ -28,7 +28,7 @@ const MIN_REQUESTS: usize = 5_000;
 const MAX_REQUESTS: usize = 40_000;
 
 /// The plugin CPU limit of the reload tests (see the module docs); `None` = the default.
-const RELOAD_CPU: Option<&str> = Some("1s");
+const RELOAD_CPU: Option<&str> = None;
 
 /// A route `/` to the echo upstream with one plugin read from `p.wasm` in the config's
 /// directory, with the CPU limit `cpu` (`None`: the default).
@@ -350,7 +350,6 @@ async fn bad_reloads_are_rejected_while_the_old_version_serves() {
 /// (add-header, ctx-reader: microseconds of CPU) fail with `deadline` because the thread running
 /// them was stalled (scheduler, page faults), and the deadline counts wall-clock time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "runtime bug: the plugin CPU deadline counts wall-clock stalls (wasm-host state.rs CallClock::remaining); trivial calls fail with `deadline` under contention"]
 async fn default_cpu_limit_does_not_fail_requests_under_contention() {
     const SWAPS: usize = 4;
     const PER_GATEWAY: usize = 6_000;
