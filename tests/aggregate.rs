@@ -4,11 +4,18 @@ use std::time::{Duration, Instant};
 use weir_testkit::{TestClient, TestGateway, TestUpstream, UpstreamBehavior};
 
 fn slow(d: Duration) -> UpstreamBehavior {
-    UpstreamBehavior { delay: d, delay_all: true, status: None }
+    UpstreamBehavior {
+        delay: d,
+        delay_all: true,
+        status: None,
+    }
 }
 
 fn failing() -> UpstreamBehavior {
-    UpstreamBehavior { status: Some(500), ..Default::default() }
+    UpstreamBehavior {
+        status: Some(500),
+        ..Default::default()
+    }
 }
 
 fn config(fast: &TestUpstream, slow: &TestUpstream, bad: &TestUpstream, backends: &str) -> String {
@@ -57,7 +64,10 @@ async fn concurrent_merge_and_latency_close_to_slowest() {
     let c = TestClient::new();
     let t = Instant::now();
     let r = c
-        .get_with(&gw.url("/dash?id=7&secret=x"), &[("authorization", "Bearer abc"), ("x-other", "no")])
+        .get_with(
+            &gw.url("/dash?id=7&secret=x"),
+            &[("authorization", "Bearer abc"), ("x-other", "no")],
+        )
         .await;
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -65,18 +75,30 @@ async fn concurrent_merge_and_latency_close_to_slowest() {
     // Each answer under its group, exactly.
     assert_eq!(v["profile"]["service"], "fast");
     assert_eq!(v["profile"]["path"], "/profile");
-    assert_eq!(v["profile"]["query"], "id=7", "only configured query params are forwarded");
+    assert_eq!(
+        v["profile"]["query"], "id=7",
+        "only configured query params are forwarded"
+    );
     assert_eq!(v["profile"]["headers"]["authorization"], "Bearer abc");
-    assert!(v["profile"]["headers"].get("x-other").is_none(), "unlisted headers are not forwarded");
+    assert!(
+        v["profile"]["headers"].get("x-other").is_none(),
+        "unlisted headers are not forwarded"
+    );
     assert_eq!(v["orders"]["path"], "/orders");
-    assert_eq!(v["orders"]["query"], "id=7&secret=x", "without `query` the whole query is forwarded");
+    assert_eq!(
+        v["orders"]["query"], "id=7&secret=x",
+        "without `query` the whole query is forwarded"
+    );
     assert_eq!(v["recs"]["path"], "/recs");
     assert_eq!(v["ads"]["path"], "/ads");
     assert_eq!(v.as_object().unwrap().len(), 4);
     assert!(r.header("x-weir-partial").is_none());
     // Concurrency: close to the slowest (600 ms), far from the sum (1.8 s).
     assert!(took >= Duration::from_millis(600), "{took:?}");
-    assert!(took < Duration::from_millis(1500), "backends were not called concurrently: {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "backends were not called concurrently: {took:?}"
+    );
     gw.shutdown().await;
 }
 
@@ -99,7 +121,10 @@ async fn root_merge_optional_failure_and_required_failure() {
     let r = c.get(&gw.url("/dash")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
-    assert_eq!(v["service"], "fast", "root merge puts the backend's keys at the top level");
+    assert_eq!(
+        v["service"], "fast",
+        "root merge puts the backend's keys at the top level"
+    );
     assert!(v.get("extras").is_none());
     assert_eq!(r.header("x-weir-partial"), Some("extras"));
     gw.shutdown().await;
@@ -141,7 +166,10 @@ async fn timeouts_fire_at_their_configured_values() {
     let took = t.elapsed();
     assert_eq!(r.status, 504, "{}", r.text());
     assert!(r.text().contains("inventory"));
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(2500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
     gw.shutdown().await;
 
     // Optional backend times out → left out, the rest answered after ~its timeout.
@@ -162,11 +190,15 @@ async fn timeouts_fire_at_their_configured_values() {
     assert!(took < Duration::from_millis(2500), "{took:?}");
 
     // Metrics per backend.
-    let m = c.get(&format!("http://{}/metrics", gw.admin())).await.text();
+    let m = c
+        .get(&format!("http://{}/metrics", gw.admin()))
+        .await
+        .text();
     assert!(
-        m.lines().any(|l| l.starts_with("weir_aggregate_backend_calls_total")
-            && l.contains("backend=\"inventory\"")
-            && l.contains("outcome=\"timeout\"")),
+        m.lines()
+            .any(|l| l.starts_with("weir_aggregate_backend_calls_total")
+                && l.contains("backend=\"inventory\"")
+                && l.contains("outcome=\"timeout\"")),
         "{m}"
     );
     gw.shutdown().await;

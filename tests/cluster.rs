@@ -551,7 +551,6 @@ async fn f_cluster_examples_validate_and_differ_only_in_ports() {
 async fn g_gateways_start_while_redis_is_down_and_share_limits_once_it_is_up() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start_with(2, fails_mode_config(), &fail_mode_routes(), false).await;
-    let client = TestClient::new();
     let bases = c.bases();
     // Serving from the start, with the fail modes.
     let open = burst(&bases, "/open", &[("x-client", "k")], 12, 2, BOUND).await;

@@ -239,7 +239,11 @@ async fn oversized_plugin_header_edits_are_refused() {
             .unwrap_or_else(|e| panic!("{mode}: no usable response: {e:#}"));
         policy_failed(&r, "huge", "");
         if mode == "req-header" {
-            assert_eq!(up.hits(), 0, "an oversized request header reached the upstream");
+            assert_eq!(
+                up.hits(),
+                0,
+                "an oversized request header reached the upstream"
+            );
         }
     }
     // Only the response-phase case went upstream (its edit comes after the upstream answered).

@@ -50,7 +50,11 @@ impl TestGateway {
         std::fs::write(&config_path, toml)?;
         let cfg = weir::config::load_file(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let running = weir::run::start(cfg).await?;
-        Ok(Self { running: Some(running), dir, config_path })
+        Ok(Self {
+            running: Some(running),
+            dir,
+            config_path,
+        })
     }
 
     fn r(&self) -> &weir::run::Running {
@@ -124,20 +128,30 @@ impl Default for TestClient {
 
 impl TestClient {
     pub fn new() -> Self {
-        Self { inner: Client::builder(TokioExecutor::new()).build_http() }
+        Self {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
     }
 
     /// HTTP/2 with prior knowledge (h2c).
     pub fn h2c() -> Self {
-        Self { inner: Client::builder(TokioExecutor::new()).http2_only(true).build_http() }
+        Self {
+            inner: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
     }
 
     pub async fn get(&self, url: &str) -> Resp {
-        self.send(http::Method::GET, url, &[], Bytes::new()).await.unwrap()
+        self.send(http::Method::GET, url, &[], Bytes::new())
+            .await
+            .unwrap()
     }
 
     pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
-        self.send(http::Method::GET, url, headers, Bytes::new()).await.unwrap()
+        self.send(http::Method::GET, url, headers, Bytes::new())
+            .await
+            .unwrap()
     }
 
     pub async fn send(
@@ -155,7 +169,11 @@ impl TestClient {
         let res = tokio::time::timeout(Duration::from_secs(30), self.inner.request(req)).await??;
         let (parts, body) = res.into_parts();
         let body = body.collect().await?.to_bytes();
-        Ok(Resp { status: parts.status.as_u16(), headers: parts.headers, body })
+        Ok(Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
     }
 }
 
@@ -177,7 +195,9 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Str
 
 /// Status code of the first response in a raw HTTP/1 exchange.
 pub fn first_status(raw: &str) -> Option<u16> {
-    raw.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|s| s.parse().ok())
+    raw.strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
 }
 
 /// Directory of the built first-party plugins (`plugins/target/wasm32-wasip2/release`).

@@ -57,16 +57,27 @@ impl TestUpstream {
         let in_flight = Arc::new(AtomicU64::new(0));
         let behavior = Arc::new(Mutex::new(behavior));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (h, f, b, c) = (hits.clone(), in_flight.clone(), behavior.clone(), conns.clone());
+        let (h, f, b, c) = (
+            hits.clone(),
+            in_flight.clone(),
+            behavior.clone(),
+            conns.clone(),
+        );
         let name_s = name.to_string();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((s, peer)) = l.accept().await else { continue };
+                let Ok((s, peer)) = l.accept().await else {
+                    continue;
+                };
                 let (h, f, b, n) = (h.clone(), f.clone(), b.clone(), name_s.clone());
                 let jh = tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<Incoming>| {
                         let (h, f, b, n) = (h.clone(), f.clone(), b.clone(), n.clone());
-                        async move { Ok::<_, std::convert::Infallible>(answer(&n, peer, req, &h, &f, &b).await) }
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                answer(&n, peer, req, &h, &f, &b).await,
+                            )
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(s), svc)
@@ -75,7 +86,15 @@ impl TestUpstream {
                 c.lock().unwrap().push(jh.abort_handle());
             }
         });
-        Self { name: name.to_string(), addr, hits, in_flight, behavior, task: Some(task), conns }
+        Self {
+            name: name.to_string(),
+            addr,
+            hits,
+            in_flight,
+            behavior,
+            task: Some(task),
+            conns,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -120,18 +139,33 @@ async fn answer(
         return http::Response::new(Full::new(Bytes::from_static(b"ok")));
     }
     if b.delay_all || path.contains("/slow") {
-        tokio::time::sleep(if b.delay.is_zero() { Duration::from_secs(2) } else { b.delay }).await;
+        tokio::time::sleep(if b.delay.is_zero() {
+            Duration::from_secs(2)
+        } else {
+            b.delay
+        })
+        .await;
     }
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
         .collect();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let query = req.uri().query().map(str::to_string);
     let version = format!("{:?}", req.version());
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let doc = serde_json::json!({
         "service": name,
         "method": method,
@@ -146,7 +180,11 @@ async fn answer(
     in_flight.fetch_sub(1, Ordering::SeqCst);
     let mut res = http::Response::new(Full::new(Bytes::from(doc.to_string())));
     *res.status_mut() = http::StatusCode::from_u16(b.status.unwrap_or(200)).unwrap();
-    res.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
-    res.headers_mut().insert("x-upstream", http::HeaderValue::from_str(name).unwrap());
+    res.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert("x-upstream", http::HeaderValue::from_str(name).unwrap());
     res
 }
