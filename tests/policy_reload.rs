@@ -4,11 +4,9 @@
 //! and every client must switch from the old header to the new one exactly once. Then a corrupt
 //! `.wasm` and a config whose plugin `init` fails are rejected while the old version serves.
 //!
-//! The plugin runs with `limits.cpu = "1s"` here, not the 50 ms default: the runtime measures
-//! its "CPU" deadline on the wall clock, so on a contended machine a thread stalled for 50+ ms
-//! inside a microsecond call fails the request with `deadline` (a runtime issue, reproduced by the
-//! ignored `default_cpu_limit_does_not_fail_requests_under_contention`). Once the runtime
-//! charges plugins only for the CPU they use, `RELOAD_CPU` can go.
+//! The plugins run with the default 50 ms CPU limit: the runtime charges guests for the thread
+//! CPU time they use, so a thread stalled by a contended machine does not fail a microsecond
+//! call (`default_cpu_limit_does_not_fail_requests_under_contention` guards that).
 
 #![allow(clippy::unwrap_used)]
 
@@ -346,9 +344,9 @@ async fn bad_reloads_are_rejected_while_the_old_version_serves() {
 }
 
 /// Three gateways, each swapping its plugin back and forth four times under load, all in this
-/// process: the contention a busy host sees. With the default 50 ms limit, some trivial calls
-/// (add-header, ctx-reader: microseconds of CPU) fail with `deadline` because the thread running
-/// them was stalled (scheduler, page faults), and the deadline counts wall-clock time.
+/// process: the contention a busy host sees. With the default 50 ms limit no trivial call
+/// (add-header, ctx-reader: microseconds of CPU) may fail with `deadline` when its thread is
+/// stalled (scheduler, page faults): the limit counts guest CPU time, not wall time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_cpu_limit_does_not_fail_requests_under_contention() {
     const SWAPS: usize = 4;
