@@ -163,6 +163,14 @@ pub async fn send(
             outcome: o.to_string(),
         };
         match result {
+            Ok(Ok(res)) if res.status().as_u16() >= 600 => {
+                // HTTP defines 100–599; relaying anything else would hand clients a broken message.
+                upstream.report(idx, false);
+                return Err(GatewayError::UpstreamFailed {
+                    upstream: name.to_string(),
+                    reason: format!("invalid status code {}", res.status().as_u16()),
+                });
+            }
             Ok(Ok(res)) => {
                 let status = res.status();
                 upstream.report(idx, !matches!(status.as_u16(), 502..=504));

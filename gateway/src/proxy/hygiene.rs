@@ -16,6 +16,15 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
+/// Headers the gateway sets on every forwarded request; `Connection` cannot name them away.
+const GATEWAY_SET: [&str; 5] = [
+    "x-request-id",
+    "traceparent",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
 /// Rejects requests whose framing a downstream or upstream parser could read differently
 /// (request smuggling) and HTTP/1.1 requests without exactly one Host.
 pub fn check_framing(version: http::Version, headers: &HeaderMap) -> Result<(), &'static str> {
@@ -175,6 +184,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         });
     for n in named {
         if keep_upgrade && n == header::UPGRADE {
+            continue;
+        }
+        // A client must not make us drop the headers the gateway itself sets and forwards.
+        if GATEWAY_SET.contains(&n.as_str()) || n == header::HOST {
             continue;
         }
         headers.remove(n);
@@ -345,13 +358,18 @@ mod tests {
     #[test]
     fn strips_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret, x-request-id"),
+        );
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
         assert!(h.get("x-secret").is_none());
+        assert_eq!(h.get("x-request-id").unwrap(), "abc");
         assert!(h.get("connection").is_none());
         assert!(h.get("keep-alive").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
