@@ -101,6 +101,16 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// Mirrors `hygiene::GATEWAY_SET` plus Host: never removed because `Connection` names them.
+const GATEWAY_SET: [&str; 6] = [
+    "host",
+    "x-request-id",
+    "traceparent",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
 // ---------------------------------------------------------------------------------------------
 // path
 
@@ -396,6 +406,10 @@ pub fn headers(data: &[u8]) {
             _ => &[],
         };
         if name == "upgrade" && keep_upgrade {
+            continue;
+        }
+        // Headers the gateway sets itself cannot be named away by `Connection`.
+        if GATEWAY_SET.contains(&name.as_str()) {
             continue;
         }
         assert!(
