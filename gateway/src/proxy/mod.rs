@@ -17,7 +17,7 @@ pub mod forward;
 pub mod hygiene;
 
 use crate::body::{self, ProxyBody};
-use crate::error::{GatewayError, problem};
+use crate::error::GatewayError;
 use crate::policy::{self, PolicyOutcome};
 use crate::state::{Gateway, RouteRuntime, Table};
 use bytes::Bytes;
@@ -370,10 +370,6 @@ pub fn is_length_limit(mut e: &(dyn std::error::Error + 'static)) -> bool {
     }
 }
 
-/// A problem response for protocol-level refusals made outside the request path.
-pub fn reject(status: StatusCode, detail: &str) -> Response<ProxyBody> {
-    problem(status, "bad-request", detail, None)
-}
 /// Compile-time guard: the request future must stay `Send` (hyper spawns it on any worker).
 #[allow(dead_code)]
 fn _assert_send(gw: Arc<Gateway>, c: Arc<ConnInfo>, r: Request<Incoming>) {
