@@ -604,3 +604,68 @@ plugins = [{{ name = "caller", wasm = {w}{grant} }}]
     );
     gw.shutdown().await;
 }
+
+/// Calls of `phase` to the plugin whose id ends with `:name`, from `/metrics`.
+async fn phase_calls(gw: &TestGateway, name: &str, phase: &str) -> f64 {
+    let suffix = format!(":{name}");
+    weir_testkit::extra_a::scrape(gw)
+        .await
+        .iter()
+        .filter(|s| {
+            s.name == "weir_plugin_calls_total"
+                && s.labels.get("phase").map(String::as_str) == Some(phase)
+                && s.labels.get("plugin").is_some_and(|p| p.ends_with(&suffix))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_declared_phases_are_called() {
+    let up = TestUpstream::start("echo").await;
+    let toml = format!(
+        r#"{pre}
+[[routes]]
+name = "phases"
+match = {{ path_prefix = "/" }}
+upstream = "echo"
+plugins = [
+  {{ name = "headers", wasm = {hdr}, config = {{ request = {{ set = {{ "x-a" = "1" }} }} }} }},
+  {{ name = "rate-limit", wasm = {rl}, config = {{ key = "ip", limits = [{{ requests = 100, window = "60s" }}] }} }},
+  {{ name = "request-log", wasm = {log} }},
+]
+"#,
+        pre = preamble(&up.url()),
+        hdr = toml_path(&plugin("headers")),
+        rl = toml_path(&plugin("rate_limit")),
+        log = toml_path(&plugin("request_log")),
+    );
+    let gw = TestGateway::start(&toml).await;
+    let c = TestClient::new();
+    for _ in 0..5 {
+        let r = c.get(&gw.url("/x")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Declared phases did their work: the request header and the response RateLimit headers.
+        assert_eq!(upstream_header(&r, "x-a").as_deref(), Some("1"));
+        assert!(r.header("ratelimit-remaining").is_some());
+    }
+    // on-log runs after the response; wait for the fifth.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while phase_calls(&gw, "request-log", "on_log").await < 5.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expect = [
+        // headers with request operations only: on-request, nothing else.
+        ("headers", [5.0, 0.0, 0.0]),
+        // rate-limit with RateLimit headers on: on-request and on-response.
+        ("rate-limit", [5.0, 5.0, 0.0]),
+        // request-log: on-log only.
+        ("request-log", [0.0, 0.0, 5.0]),
+    ];
+    for (name, counts) in expect {
+        for (phase, want) in ["on_request", "on_response", "on_log"].iter().zip(counts) {
+            assert_eq!(phase_calls(&gw, name, phase).await, want, "{name} {phase}");
+        }
+    }
+    gw.shutdown().await;
+}

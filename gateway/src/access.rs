@@ -53,7 +53,7 @@ pub fn record(
         );
     }
     if let Some(chain) = chain
-        && !chain.is_empty()
+        && chain.wants_log()
     {
         chain.spawn_on_log(crate::policy::log_entry(facts, status, total, bytes));
     }

@@ -569,6 +569,9 @@ fn source_hash(dir: &Path, files: &[PathBuf], tool: &str) -> Result<String, Stri
     let mut h = Sha256::new();
     h.update(env!("CARGO_PKG_VERSION"));
     h.update([0]);
+    // The contract the component is built against (a WIT change must rebuild every plugin).
+    h.update(POLICY_WIT);
+    h.update([0]);
     h.update(tool);
     h.update([0]);
     for f in files {
@@ -801,9 +804,18 @@ export function weirInit(config) {{
     // The WIT error is a string: an Error becomes its message.
     throw typeof e === "string" ? e : String((e && e.message) || e);
   }}
+  // The gateway calls only the phases the module exports (unless init says otherwise).
+  const has = (f) => typeof f === "function";
+  const phases = (info && info.phases) || {{}};
+  const declared = (k, f) => (phases[k] === undefined ? has(f) : !!phases[k]);
   return {{
     needsRequestBody: !!(info && info.needsRequestBody),
     needsResponseBody: !!(info && info.needsResponseBody),
+    phases: {{
+      onRequest: declared("onRequest", policy.onRequest),
+      onResponse: declared("onResponse", policy.onResponse),
+      onLog: declared("onLog", policy.onLog),
+    }},
   }};
 }}
 
@@ -1014,7 +1026,12 @@ fn build_python(dir: &Path) -> Result<(PathBuf, String, bool), String> {
     // Bindings for tests and editors (the full contract, so tests can fake any capability).
     let wit = write_build_wit(dir, &build_world(&imports, "init"))?;
     let bindings = dir.join(".weir/bindings");
-    if !bindings.join("wit_world").exists() {
+    // Regenerated whenever the contract changes (stale bindings would fail at run time).
+    let stamp = bindings.join(".contract");
+    let contract = std::fs::read_to_string(wit.join("policy.wit")).unwrap_or_default();
+    let current = std::fs::read_to_string(&stamp).is_ok_and(|s| s == contract);
+    if !current || !bindings.join("wit_world").exists() {
+        let _ = std::fs::remove_dir_all(&bindings);
         run_tool(
             Command::new(&tool)
                 .current_dir(dir)
@@ -1025,6 +1042,7 @@ fn build_python(dir: &Path) -> Result<(PathBuf, String, bool), String> {
                 .arg(&bindings),
             "componentize-py bindings",
         )?;
+        std::fs::write(&stamp, contract).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
     let mut hashed = sources.clone();
     hashed.extend(

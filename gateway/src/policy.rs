@@ -182,6 +182,9 @@ impl ChainSession {
         let mut buffered: Option<bytes::Bytes> = None;
         for i in 0..self.route.plugins.len() {
             let plugin = self.route.plugins[i].clone();
+            if !plugin.loaded.info.phases.on_request {
+                continue;
+            }
             let body = if plugin.loaded.info.needs_request_body {
                 if buffered.is_none() {
                     let b = out.body.take().unwrap_or_else(body::empty);
@@ -265,6 +268,9 @@ impl ChainSession {
         let mut buffered: Option<bytes::Bytes> = None;
         for i in 0..upto.min(self.route.plugins.len()) {
             let plugin = self.route.plugins[i].clone();
+            if !plugin.loaded.info.phases.on_response {
+                continue;
+            }
             let body = if plugin.loaded.info.needs_response_body {
                 if buffered.is_none() {
                     let taken = std::mem::replace(&mut b, body::empty());
@@ -310,14 +316,26 @@ impl ChainSession {
         Ok(Response::from_parts(parts, b))
     }
 
+    /// Whether a plugin that took part implements `on-log` (else no log entry is built).
+    pub fn wants_log(&self) -> bool {
+        self.route
+            .plugins
+            .iter()
+            .take(self.sessions.len())
+            .any(|p| p.loaded.info.phases.on_log)
+    }
+
     /// Runs `on-log` of every plugin that took part, in the background.
     pub fn spawn_on_log(mut self, entry: host::LogEntry) {
-        if self.is_empty() {
+        if !self.wants_log() {
             return;
         }
         tokio::spawn(async move {
             for i in 0..self.sessions.len() {
                 let plugin = self.route.plugins[i].clone();
+                if !plugin.loaded.info.phases.on_log {
+                    continue;
+                }
                 if let Some((s, cx)) = self.session(i)
                     && let Err(e) = s.on_log(cx, entry.clone()).await
                 {

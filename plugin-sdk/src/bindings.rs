@@ -80,6 +80,14 @@ impl From<sdk::PluginInfo> for wit::PluginInfo {
         Self {
             needs_request_body: i.needs_request_body,
             needs_response_body: i.needs_response_body,
+            phases: [
+                (sdk::Phases::REQUEST, wit::Phases::ON_REQUEST),
+                (sdk::Phases::RESPONSE, wit::Phases::ON_RESPONSE),
+                (sdk::Phases::LOG, wit::Phases::ON_LOG),
+            ]
+            .into_iter()
+            .filter(|(p, _)| i.phases.contains(*p))
+            .fold(wit::Phases::empty(), |acc, (_, w)| acc | w),
         }
     }
 }

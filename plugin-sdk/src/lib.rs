@@ -65,13 +65,14 @@
 //! | method | when | may |
 //! |---|---|---|
 //! | [`Policy::new`] | once per instance, with the route's config | reject the config |
-//! | [`Policy::info`] | right after `new` | ask for request/response bodies ([`PluginInfo`]) |
+//! | [`Policy::info`] | right after `new` | declare the phases it implements and ask for bodies ([`PluginInfo`]) |
 //! | [`Policy::on_request`] | before proxying | edit the request ([`RequestEdits`]) or answer it ([`Response`]) |
 //! | [`Policy::on_response`] | before the response head goes to the client | edit the response ([`ResponseEdits`]) |
 //! | [`Policy::on_log`] | after the response was sent | observe ([`LogEntry`]) |
 //!
-//! Plugins of a route run in order; the first [`Action::Respond`] ends the chain (later plugins
-//! and the upstream are skipped). `on_response` runs for every plugin whose `on_request` ran,
+//! Only the phases declared in [`PluginInfo`] are called (default: all). Plugins of a route run
+//! in order; the first [`Action::Respond`] ends the chain (later plugins and the upstream are
+//! skipped). `on_response` runs for every plugin whose `on_request` ran,
 //! including for locally produced responses. The gateway may keep an instance for many requests
 //! (`isolation = "pooled"`) or create one per request (`isolation = "request"`): keep
 //! per-request data in [`context`], never in `self`.
@@ -132,7 +133,7 @@ pub mod rate_limit;
 mod types;
 
 pub use types::{
-    Action, Fields, LogEntry, PluginInfo, Request, RequestBuilder, RequestEdits, Response,
+    Action, Fields, LogEntry, Phases, PluginInfo, Request, RequestBuilder, RequestEdits, Response,
     ResponseEdits, ResponseHead, find_header, form_decode,
 };
 
@@ -168,7 +169,10 @@ pub trait Policy: Sized + 'static {
     /// Builds the policy. An `Err` rejects the configuration with that message.
     fn new(config: Self::Config) -> Result<Self, String>;
 
-    /// What the policy needs from the gateway (request/response bodies). Default: nothing.
+    /// What the policy needs from the gateway: request/response bodies, and which phases it
+    /// implements. Default: no bodies, every phase called. Declare the phases you implement
+    /// (`PluginInfo::default().phases(Phases::REQUEST)`): each one skipped saves a guest call per
+    /// request.
     fn info(&self) -> PluginInfo {
         PluginInfo::default()
     }
@@ -239,7 +243,7 @@ pub fn instantiate<P: Policy>(config: &str) -> Result<P, String> {
 /// The names a plugin usually needs: `use weir_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Action, LogEntry, NoConfig, PluginInfo, Policy, Request, RequestEdits, Response,
+        Action, LogEntry, NoConfig, Phases, PluginInfo, Policy, Request, RequestEdits, Response,
         ResponseEdits, ResponseHead, context, export_policy, http, jwt, kv, log, metrics,
         rate_limit,
     };

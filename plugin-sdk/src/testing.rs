@@ -34,7 +34,7 @@ use crate::jwt::{VerifyError, VerifyOptions};
 use crate::log::Level;
 use crate::rate_limit::{Decision, Quota};
 use crate::{
-    Action, LogEntry, PluginInfo, Policy, Request, ResponseEdits, ResponseHead, instantiate,
+    Action, LogEntry, Phases, PluginInfo, Policy, Request, ResponseEdits, ResponseHead, instantiate,
 };
 
 /// One captured log line.
@@ -524,21 +524,30 @@ impl<P: Policy> Harness<P> {
         if !self.info.needs_request_body {
             req.body = None;
         }
+        if !self.info.phases.contains(Phases::REQUEST) {
+            return Action::default();
+        }
         self.policy.on_request(&req)
     }
 
-    /// Runs `on_response` in the current request's context.
+    /// Runs `on_response` in the current request's context (if declared in
+    /// [`PluginInfo::phases`]; like the gateway, a no-op otherwise).
     pub fn on_response(&mut self, resp: ResponseHead) -> ResponseEdits {
         let mut resp = resp;
         if !self.info.needs_response_body {
             resp.body = None;
         }
+        if !self.info.phases.contains(Phases::RESPONSE) {
+            return ResponseEdits::default();
+        }
         self.policy.on_response(&resp)
     }
 
-    /// Runs `on_log` in the current request's context.
+    /// Runs `on_log` in the current request's context (if declared, as the gateway does).
     pub fn on_log(&mut self, entry: LogEntry) {
-        self.policy.on_log(&entry);
+        if self.info.phases.contains(Phases::LOG) {
+            self.policy.on_log(&entry);
+        }
     }
 
     /// The current request's context entries, sorted by key.
@@ -556,7 +565,40 @@ impl<P: Policy> Harness<P> {
 #[allow(clippy::unwrap_used, reason = "tests may unwrap")]
 mod tests {
     use super::*;
-    use crate::{kv, rate_limit};
+    use crate::{NoConfig, kv, rate_limit};
+
+    /// Marks every phase it is called in; declares only `on_request`.
+    struct RequestOnly;
+
+    impl Policy for RequestOnly {
+        type Config = NoConfig;
+        fn new(_: NoConfig) -> Result<Self, String> {
+            Ok(RequestOnly)
+        }
+        fn info(&self) -> PluginInfo {
+            PluginInfo::default().phases(Phases::REQUEST)
+        }
+        fn on_request(&self, _: &Request) -> Action {
+            crate::context::set("req", "1");
+            Action::default()
+        }
+        fn on_response(&self, _: &ResponseHead) -> ResponseEdits {
+            crate::context::set("resp", "1");
+            ResponseEdits::default().set_header("x", "1")
+        }
+        fn on_log(&self, _: &LogEntry) {
+            crate::context::set("log", "1");
+        }
+    }
+
+    #[test]
+    fn harness_skips_undeclared_phases_like_the_gateway() {
+        let mut h = Harness::<RequestOnly>::new(serde_json::json!({})).unwrap();
+        h.on_request(Request::get("/"));
+        assert!(h.on_response(ResponseHead::new(200)).is_empty());
+        h.on_log(LogEntry::default());
+        assert_eq!(h.context(), vec![("req".to_string(), "1".to_string())]);
+    }
 
     #[test]
     fn kv_ttl_follows_mock_clock() {

@@ -27,9 +27,55 @@ pub struct PluginInfo {
     pub needs_request_body: bool,
     /// Buffer the response body and pass it to `on_response`.
     pub needs_response_body: bool,
+    /// The phases the gateway calls (default: all three). Each phase left out saves a guest call
+    /// and a copy of the headers on every request.
+    pub phases: Phases,
+}
+
+/// A set of request phases: `Phases::REQUEST | Phases::RESPONSE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Phases(u8);
+
+impl Phases {
+    /// No phase (a policy that only validates its config).
+    pub const NONE: Phases = Phases(0);
+    /// [`Policy::on_request`](crate::Policy::on_request).
+    pub const REQUEST: Phases = Phases(1);
+    /// [`Policy::on_response`](crate::Policy::on_response).
+    pub const RESPONSE: Phases = Phases(2);
+    /// [`Policy::on_log`](crate::Policy::on_log).
+    pub const LOG: Phases = Phases(4);
+    /// Every phase.
+    pub const ALL: Phases = Phases(7);
+
+    /// Whether every phase of `other` is in `self`.
+    pub const fn contains(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl Default for Phases {
+    /// Every phase: a policy that does not declare its phases is always called.
+    fn default() -> Self {
+        Phases::ALL
+    }
+}
+
+impl std::ops::BitOr for Phases {
+    type Output = Phases;
+    fn bitor(self, rhs: Phases) -> Phases {
+        Phases(self.0 | rhs.0)
+    }
 }
 
 impl PluginInfo {
+    /// Declares the phases this policy implements; the gateway skips the others:
+    /// `PluginInfo::default().phases(Phases::REQUEST)`.
+    pub fn phases(mut self, phases: Phases) -> Self {
+        self.phases = phases;
+        self
+    }
+
     /// Ask for the request body in [`Request::body`].
     pub fn with_request_body(mut self) -> Self {
         self.needs_request_body = true;
@@ -653,6 +699,17 @@ impl LogEntry {
 #[allow(clippy::unwrap_used, reason = "tests may unwrap")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_combine_and_default_to_all() {
+        let rr = Phases::REQUEST | Phases::RESPONSE;
+        assert!(rr.contains(Phases::REQUEST) && rr.contains(Phases::RESPONSE));
+        assert!(!rr.contains(Phases::LOG));
+        assert!(!rr.contains(Phases::ALL));
+        assert_eq!(rr | Phases::LOG, Phases::ALL);
+        assert_eq!(PluginInfo::default().phases, Phases::ALL);
+        assert!(Phases::NONE.contains(Phases::NONE) && !Phases::NONE.contains(Phases::LOG));
+    }
 
     #[test]
     fn header_lookup_is_case_insensitive() {

@@ -106,6 +106,11 @@ impl From<wit::PluginInfo> for types::PluginInfo {
         types::PluginInfo {
             needs_request_body: i.needs_request_body,
             needs_response_body: i.needs_response_body,
+            phases: types::Phases {
+                on_request: i.phases.contains(wit::Phases::ON_REQUEST),
+                on_response: i.phases.contains(wit::Phases::ON_RESPONSE),
+                on_log: i.phases.contains(wit::Phases::ON_LOG),
+            },
         }
     }
 }

@@ -53,6 +53,6 @@ pub use host::rate_limit::{InProcessLimiter, RateDecision, RateLimitBackend, Rat
 pub use plugin::{LoadedPlugin, PluginSession, PluginSpec};
 pub use runtime::{PolicyRuntime, RuntimeConfig};
 pub use types::{
-    Action, FailMode, Fields, Isolation, LocalResponse, LogEntry, PluginInfo, PolicyRequest,
-    RequestContext, RequestEdits, ResponseEdits, ResponseHead,
+    Action, FailMode, Fields, Isolation, LocalResponse, LogEntry, Phases, PluginInfo,
+    PolicyRequest, RequestContext, RequestEdits, ResponseEdits, ResponseHead,
 };

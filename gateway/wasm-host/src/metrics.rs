@@ -74,23 +74,19 @@ impl Default for RuntimeMetrics {
 
 impl RuntimeMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register("plugin_calls", "Plugin export calls", self.calls.clone());
         registry.register(
-            "weir_plugin_calls",
-            "Plugin export calls",
-            self.calls.clone(),
-        );
-        registry.register(
-            "weir_plugin_call_duration_seconds",
+            "plugin_call_duration_seconds",
             "Plugin call latency (instantiation excluded)",
             self.duration.clone(),
         );
         registry.register(
-            "weir_plugin_failures",
+            "plugin_failures",
             "Failed plugin calls by kind (deadline, memory_limit, trap, internal)",
             self.errors.clone(),
         );
         registry.register(
-            "weir_plugin_instantiations",
+            "plugin_instantiations",
             "Plugin instances created",
             self.instantiations.clone(),
         );

@@ -14,8 +14,8 @@ use crate::metrics::{Phase, PluginMetrics};
 use crate::runtime::Services;
 use crate::state::{CallClock, DeadlineHit, EpochVerdict, HostState};
 use crate::types::{
-    Action, FailMode, Isolation, LogEntry, PluginInfo, PolicyRequest, RequestContext,
-    ResponseEdits, ResponseHead,
+    Action, FailMode, Isolation, LogEntry, Phases, PluginInfo, PolicyRequest, RequestContext,
+    RequestEdits, ResponseEdits, ResponseHead,
 };
 
 /// How to load one plugin. [`PluginSpec::new`] fills in the defaults.
@@ -204,7 +204,9 @@ impl PluginCore {
         let tick = self.epoch_tick;
         store.epoch_deadline_callback(move |mut cx| {
             Ok(match cx.data_mut().clock.on_epoch() {
-                EpochVerdict::Continue(left) => UpdateDeadline::Continue(ticks_for(left, tick)),
+                // Yield, not Continue: a guest that runs for many ticks lets the other requests
+                // on this worker thread make progress between ticks.
+                EpochVerdict::Continue(left) => UpdateDeadline::Yield(ticks_for(left, tick)),
                 EpochVerdict::Interrupt => UpdateDeadline::Interrupt,
             })
         });
@@ -402,12 +404,20 @@ impl PluginSession {
         }
     }
 
+    /// The phases this plugin declared; the others return their no-op result without a call.
+    pub fn phases(&self) -> Phases {
+        self.plugin.info.phases
+    }
+
     /// `on-request`: the plugin's decision for this request.
     pub async fn on_request(
         &mut self,
         cx: &mut RequestContext,
         req: PolicyRequest,
     ) -> Result<Action, PluginError> {
+        if !self.phases().on_request {
+            return Ok(Action::Continue(RequestEdits::default()));
+        }
         let req = req.into();
         self.run(Phase::OnRequest, cx, async |p, s| {
             p.call_on_request(s, &req).await
@@ -422,6 +432,9 @@ impl PluginSession {
         cx: &mut RequestContext,
         head: ResponseHead,
     ) -> Result<ResponseEdits, PluginError> {
+        if !self.phases().on_response {
+            return Ok(ResponseEdits::default());
+        }
         let head = head.into();
         self.run(Phase::OnResponse, cx, async |p, s| {
             p.call_on_response(s, &head).await
@@ -436,6 +449,9 @@ impl PluginSession {
         cx: &mut RequestContext,
         entry: LogEntry,
     ) -> Result<(), PluginError> {
+        if !self.phases().on_log {
+            return Ok(());
+        }
         let entry = entry.into();
         self.run(Phase::OnLog, cx, async |p, s| {
             p.call_on_log(s, &entry).await

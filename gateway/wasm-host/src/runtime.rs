@@ -201,7 +201,8 @@ impl PolicyRuntime {
         })
     }
 
-    /// Call once per registry. Registers the runtime metrics (calls, latency, failures by kind, instantiations) and the
+    /// Call once per registry; names get the registry's prefix (the gateway's is `weir`, giving
+    /// `weir_plugin_calls_total`). Registers the runtime metrics (calls, latency, failures by kind, instantiations) and the
     /// plugins' custom metrics, all labelled with `plugin`.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.inner.metrics.register(registry);

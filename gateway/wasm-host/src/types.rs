@@ -11,6 +11,37 @@ pub struct PluginInfo {
     pub needs_request_body: bool,
     /// Buffer the response body and pass it to `on_response`.
     pub needs_response_body: bool,
+    /// The phases the host calls; the others are skipped without entering the guest.
+    pub phases: Phases,
+}
+
+/// The request phases a plugin implements (WIT `phases` flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phases {
+    pub on_request: bool,
+    pub on_response: bool,
+    pub on_log: bool,
+}
+
+impl Phases {
+    /// Every phase: what a plugin gets unless it says otherwise.
+    pub const ALL: Phases = Phases {
+        on_request: true,
+        on_response: true,
+        on_log: true,
+    };
+    /// No phase at all (a plugin that only runs `init`).
+    pub const NONE: Phases = Phases {
+        on_request: false,
+        on_response: false,
+        on_log: false,
+    };
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Phases::ALL
+    }
 }
 
 /// The request as a plugin sees it (after routing and path normalisation).

@@ -444,7 +444,8 @@ async fn kv_counter_is_shared_by_instances_and_namespaced_per_plugin() {
 #[tokio::test]
 async fn metrics_count_calls_and_failures_per_plugin() {
     let rt = runtime();
-    let mut registry = prometheus_client::registry::Registry::default();
+    // The gateway's registry carries the `weir` prefix; the runtime's names come without it.
+    let mut registry = prometheus_client::registry::Registry::with_prefix("weir");
     rt.register_metrics(&mut registry);
     let noop = rt
         .load(&spec("metered", "noop", Isolation::Pooled))

@@ -52,6 +52,10 @@ impl Policy for Acl {
         Ok(Self { cfg })
     }
 
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::REQUEST)
+    }
+
     fn on_request(&self, _req: &Request) -> Action {
         let consumer = context::get("consumer").filter(|c| !c.is_empty());
         let groups_text = context::get("consumer.groups").unwrap_or_default();

@@ -167,6 +167,10 @@ impl Policy for ApiKeyAuth {
         })
     }
 
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::REQUEST)
+    }
+
     fn on_request(&self, req: &Request) -> Action {
         let Some((key, source)) = self.find_key(req) else {
             return self.unauthorized("missing API key");

@@ -154,6 +154,10 @@ impl Policy for BasicAuth {
         })
     }
 
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::REQUEST)
+    }
+
     fn on_request(&self, req: &Request) -> Action {
         let Some((name, password)) = Self::credentials(req) else {
             return self.unauthorized("missing or malformed Basic credentials");

@@ -380,6 +380,10 @@ impl Policy for BffAggregate {
         })
     }
 
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::REQUEST)
+    }
+
     fn on_request(&self, req: &Request) -> Action {
         let user = match &self.user_from {
             None => None,

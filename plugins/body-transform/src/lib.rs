@@ -197,9 +197,17 @@ impl Policy for BodyTransform {
     }
 
     fn info(&self) -> PluginInfo {
+        let mut phases = Phases::NONE;
+        if !self.request.is_empty() {
+            phases = phases | Phases::REQUEST;
+        }
+        if !self.response.is_empty() {
+            phases = phases | Phases::RESPONSE;
+        }
         PluginInfo {
             needs_request_body: !self.request.is_empty(),
             needs_response_body: !self.response.is_empty(),
+            phases,
         }
     }
 
@@ -250,7 +258,8 @@ mod tests {
             h.info(),
             PluginInfo {
                 needs_request_body: true,
-                needs_response_body: false
+                needs_response_body: false,
+                phases: Phases::REQUEST,
             }
         );
         let a = h.on_request(Request::post("/users").json(&json!({
@@ -305,7 +314,8 @@ mod tests {
             h.info(),
             PluginInfo {
                 needs_request_body: false,
-                needs_response_body: true
+                needs_response_body: true,
+                phases: Phases::RESPONSE,
             }
         );
         assert!(

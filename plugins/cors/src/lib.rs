@@ -167,6 +167,10 @@ impl Policy for Cors {
         })
     }
 
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::REQUEST | Phases::RESPONSE)
+    }
+
     fn on_request(&self, req: &Request) -> Action {
         let Some(origin) = req.header("origin") else {
             return Action::next();

@@ -17,6 +17,7 @@ from wit_world.imports.types import (
     Action_Continue,
     Action_Respond,
     LogEntry,
+    Phases,
     PluginInfo,
     Request,
     RequestEdits,
@@ -116,7 +117,10 @@ class WitWorld(wit_world.WitWorld):
             raise Err("`methods` must be a non-empty list")
         _required, _types = list(required), dict(types)
         _methods = {str(m).upper() for m in methods}
-        return PluginInfo(needs_request_body=True, needs_response_body=False)
+        # Only on-request does anything: the gateway skips the other phases.
+        return PluginInfo(
+            needs_request_body=True, needs_response_body=False, phases=Phases.ON_REQUEST
+        )
 
     def on_request(self, req: Request) -> Action:
         if req.method not in _methods:

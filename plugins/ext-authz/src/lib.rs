@@ -351,6 +351,10 @@ impl Policy for ExtAuthz {
         })
     }
 
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::REQUEST)
+    }
+
     fn on_request(&self, req: &Request) -> Action {
         let key = self.cache_ttl.map(|_| self.cache_key(req));
         if let Some(d) = key.as_deref().and_then(Self::cached) {

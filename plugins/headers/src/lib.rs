@@ -240,6 +240,19 @@ impl Policy for Headers {
         })
     }
 
+    /// Only the directions that have operations are called (`on_request` also when response
+    /// templates use `request.*` variables: it hands them over).
+    fn info(&self) -> PluginInfo {
+        let mut phases = Phases::NONE;
+        if !self.request.is_empty() || !self.response_request_vars.is_empty() {
+            phases = phases | Phases::REQUEST;
+        }
+        if !self.response.is_empty() {
+            phases = phases | Phases::RESPONSE;
+        }
+        PluginInfo::default().phases(phases)
+    }
+
     fn on_request(&self, req: &Request) -> Action {
         let lookup = |name: &str| -> Option<String> {
             request_var(req, name).or_else(|| context::get(name))

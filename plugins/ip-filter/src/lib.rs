@@ -141,6 +141,10 @@ impl Policy for IpFilter {
         Ok(Self { allow, deny })
     }
 
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::REQUEST)
+    }
+
     fn on_request(&self, req: &Request) -> Action {
         let Some(ip) = parse_client(&req.client_ip) else {
             log::warn(

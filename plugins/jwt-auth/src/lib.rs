@@ -206,6 +206,10 @@ impl Policy for JwtAuth {
         })
     }
 
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::REQUEST)
+    }
+
     fn on_request(&self, req: &Request) -> Action {
         let Some((token, from_header)) = self.token(req) else {
             return self.unauthorized("missing bearer token");

@@ -5,7 +5,7 @@
 
 use weir_plugin_sdk::prelude::*;
 
-/// The no-op policy: every phase keeps its default.
+/// The no-op policy: `on_request` keeps its default (continue unchanged).
 pub struct Noop;
 
 impl Policy for Noop {
@@ -13,6 +13,11 @@ impl Policy for Noop {
 
     fn new(_config: NoConfig) -> Result<Self, String> {
         Ok(Noop)
+    }
+
+    /// Declares `on_request` so the gateway really calls it: the benchmarks measure one call.
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::REQUEST)
     }
 }
 
@@ -26,7 +31,7 @@ mod tests {
     #[test]
     fn continues_unchanged_and_touches_nothing() {
         let mut h = Harness::<Noop>::new(json!({})).unwrap();
-        assert_eq!(h.info(), PluginInfo::default());
+        assert_eq!(h.info(), PluginInfo::default().phases(Phases::REQUEST));
         let action = h.on_request(Request::get("/x").header("a", "b"));
         assert_eq!(action, Action::Continue(RequestEdits::default()));
         assert!(h.on_response(ResponseHead::new(200)).is_empty());

@@ -270,6 +270,15 @@ impl Policy for RateLimit {
         })
     }
 
+    /// `on_response` only adds the `RateLimit-*` headers, so it is skipped when they are off.
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(if self.headers {
+            Phases::REQUEST | Phases::RESPONSE
+        } else {
+            Phases::REQUEST
+        })
+    }
+
     fn on_request(&self, req: &Request) -> Action {
         let Some(key) = self.key(req) else {
             return Action::next();

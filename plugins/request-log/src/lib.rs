@@ -70,6 +70,10 @@ impl Policy for RequestLog {
         })
     }
 
+    fn info(&self) -> PluginInfo {
+        PluginInfo::default().phases(Phases::LOG)
+    }
+
     fn on_log(&self, e: &LogEntry) {
         let status = e.status.to_string();
         let latency_ms = format!("{:.3}", e.latency_us as f64 / 1000.0);

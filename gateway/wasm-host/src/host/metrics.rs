@@ -145,7 +145,7 @@ impl Collector for CustomMetrics {
         let mut names: Vec<&String> = map.keys().collect();
         names.sort();
         for name in names {
-            let full = format!("weir_plugin_custom_{name}");
+            let full = format!("plugin_custom_{name}");
             match &map[name].metric {
                 Custom::Counter(f) => {
                     let enc = encoder.encode_descriptor(
@@ -222,7 +222,7 @@ mod tests {
         );
         m.record("p2", "size", vec![], Value::Observe(0.3)).unwrap();
 
-        let mut reg = Registry::default();
+        let mut reg = Registry::with_prefix("weir");
         reg.register_collector(Box::new(m.clone()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
