@@ -22,19 +22,25 @@ pub fn record(
         .and_then(|r| r.spec.upstream.as_deref())
         .unwrap_or("-");
     let total = facts.start.elapsed();
+    let label = facts
+        .route
+        .as_ref()
+        .map_or_else(crate::metrics::Name::no_route, |r| r.label.clone());
     gw.metrics
         .requests
         .get_or_create(&crate::metrics::RouteStatus {
-            route: route.to_string(),
+            route: label.clone(),
             status: status.as_u16(),
         })
         .inc();
-    gw.metrics
-        .latency
-        .get_or_create(&crate::metrics::RouteLabel {
-            route: route.to_string(),
-        })
-        .observe(head_latency.as_secs_f64());
+    match &facts.route {
+        Some(r) => r.latency.observe(head_latency.as_secs_f64()),
+        None => gw
+            .metrics
+            .latency
+            .get_or_create(&crate::metrics::RouteLabel { route: label })
+            .observe(head_latency.as_secs_f64()),
+    }
     if gw.table().config.log.access_log {
         tracing::info!(
             target: "weir::access",

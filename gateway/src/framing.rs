@@ -45,6 +45,16 @@ impl<S> FramingObserver<S> {
 
     fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
+            // Fast path: a whole head inside this read is checked where it lies, not copied.
+            if matches!(&self.state, State::Head(buf) if buf.is_empty())
+                && !data.starts_with(b"PRI * HTTP/2.0")
+                && let Some(pos) = memchr::memmem::find(data, b"\r\n\r\n")
+            {
+                let end = pos + 4;
+                self.state = self.after_head(&data[..end]);
+                data = &data[end..];
+                continue;
+            }
             match &mut self.state {
                 State::Off => return,
                 State::Head(buf) => {
@@ -187,7 +197,7 @@ impl<S> FramingObserver<S> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FramingObserver<S> {

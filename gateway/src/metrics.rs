@@ -1,34 +1,58 @@
 //! Prometheus metrics for routes, upstreams, listeners and reloads (plugin metrics are registered
 //! by the policy runtime into the same registry). Served on the admin listener at `/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::Mutex;
+use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock, Mutex};
+
+/// A route or upstream name as a label value. Shared, so that labelling a request's metrics
+/// costs a reference count, not a string copy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl Name {
+    pub fn new(s: &str) -> Self {
+        Name(Arc::from(s))
+    }
+
+    /// The route label of requests that matched no route.
+    pub fn no_route() -> Self {
+        static DASH: LazyLock<Name> = LazyLock::new(|| Name::new("-"));
+        DASH.clone()
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
-    pub route: String,
+    pub route: Name,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
-    pub route: String,
+    pub route: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
-    pub upstream: String,
+    pub upstream: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamOutcome {
-    pub upstream: String,
-    pub outcome: String,
+    pub upstream: Name,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

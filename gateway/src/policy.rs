@@ -608,7 +608,7 @@ pub fn log_entry(
         latency_us: total.as_micros() as u64,
         client_ip: facts.client_ip.to_string(),
         request_id: facts.request_id.clone(),
-        upstream: facts.upstream_target.clone(),
+        upstream: facts.upstream_target.as_deref().map(str::to_string),
         bytes_sent: bytes,
     }
 }

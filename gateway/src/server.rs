@@ -117,7 +117,10 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
             ambiguous_framing: flag.clone(),
         });
         let gw2 = gw.clone();
-        let svc = service_fn(move |req| proxy::handle(gw2.clone(), conn.clone(), req));
+        // Boxed: hyper keeps a slot the size of the service future for the whole connection, and
+        // the request path's future is tens of KiB; idle keep-alive connections then hold a
+        // pointer instead (see benches/README.md, idle connections).
+        let svc = service_fn(move |req| Box::pin(proxy::handle(gw2.clone(), conn.clone(), req)));
         let builder = builder.clone();
         let conns = conns.clone();
         conns.inc();

@@ -22,6 +22,10 @@ pub struct RouteRuntime {
     pub budget: RetryBudget,
     /// Fan-out backends with their upstreams (empty for a plain proxy route).
     pub aggregate: Vec<(crate::config::AggregateBackend, Arc<Upstream>)>,
+    /// The route's metric label and latency histogram, resolved once per reload rather than
+    /// looked up by name on every request.
+    pub label: crate::metrics::Name,
+    pub latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Everything a reload replaces.
@@ -111,7 +115,7 @@ impl Gateway {
     /// Builds the first table; fails if any plugin or upstream cannot be loaded.
     pub async fn new(config: Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
         let policies = policy::Runtime::new(&config, &metrics)?;
-        let table = build_table(config, None, &policies).await?;
+        let table = build_table(config, None, &policies, &metrics).await?;
         Ok(Arc::new(Self {
             table: ArcSwap::from_pointee(table),
             metrics,
@@ -156,7 +160,7 @@ impl Gateway {
             if config.listeners != current.config.listeners || config.admin != current.config.admin {
                 tracing::warn!("listener or admin changes need a restart; the new routes, upstreams and plugins are applied");
             }
-            build_table(config, Some(&current), &self.policies)
+            build_table(config, Some(&current), &self.policies, &self.metrics)
                 .await
                 .map_err(|e| format!("{e:#}"))
         }
@@ -217,6 +221,7 @@ pub async fn build_table(
     config: Config,
     previous: Option<&Table>,
     policies: &policy::Runtime,
+    metrics: &Metrics,
 ) -> anyhow::Result<Table> {
     let mut upstreams = HashMap::new();
     for (name, spec) in &config.upstreams {
@@ -244,7 +249,16 @@ pub async fn build_table(
                 .await?,
         );
         let spec = Arc::new(r.clone());
+        let label = crate::metrics::Name::new(&r.name);
+        let latency = metrics
+            .latency
+            .get_or_create(&crate::metrics::RouteLabel {
+                route: label.clone(),
+            })
+            .clone();
         let rt = Arc::new(RouteRuntime {
+            label,
+            latency,
             upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
             plugins,
             budget: RetryBudget::new(r.retries.budget_percent),

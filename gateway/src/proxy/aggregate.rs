@@ -200,7 +200,7 @@ pub async fn run(
     {
         res.headers_mut().insert("x-weir-partial", v);
     }
-    facts.upstream_target = Some(format!("aggregate:{}", route.aggregate.len()));
+    facts.upstream_target = Some(format!("aggregate:{}", route.aggregate.len()).into());
     Ok(res)
 }
 
@@ -214,7 +214,7 @@ fn record(gw: &Gateway, route: &str, backend: &str, outcome: &str, took: Duratio
     gw.metrics
         .aggregate_latency
         .get_or_create(&crate::metrics::RouteLabel {
-            route: format!("{route}/{backend}"),
+            route: crate::metrics::Name::new(&format!("{route}/{backend}")),
         })
         .observe(took.as_secs_f64());
 }

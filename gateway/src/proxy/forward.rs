@@ -73,11 +73,16 @@ pub async fn send(
         body,
     } = out;
     let mut body = body.unwrap_or_else(body::empty);
-    let upath = router::upstream_path(spec, &path);
-    let path_and_query = match parts.uri.query() {
-        Some(q) if !q.is_empty() => format!("{upath}?{q}"),
-        _ => upath,
-    };
+    let mut upath = router::upstream_path(spec, &path);
+    if let Some(q) = parts.uri.query()
+        && !q.is_empty()
+    {
+        upath.push('?');
+        upath.push_str(q);
+    }
+    // Parsed once for all tries (a `String` becomes its bytes without a copy).
+    let path_and_query = http::uri::PathAndQuery::try_from(upath)
+        .map_err(|e| GatewayError::BadRequest(format!("cannot build upstream URI: {e}")))?;
     if !parts.headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str())
@@ -118,17 +123,11 @@ pub async fn send(
         let Some(target) = upstream.targets.get(idx) else {
             return Err(GatewayError::Internal("target index out of range".into()));
         };
-        let uri = http::Uri::builder()
-            .scheme(target.url.scheme_str().unwrap_or("http"))
-            .authority(
-                target
-                    .url
-                    .authority()
-                    .map(|a| a.as_str())
-                    .unwrap_or_default(),
-            )
-            .path_and_query(path_and_query.as_str())
-            .build()
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(target.scheme.clone());
+        uri.authority = target.authority.clone();
+        uri.path_and_query = Some(path_and_query.clone());
+        let uri = http::Uri::from_parts(uri)
             .map_err(|e| GatewayError::BadRequest(format!("cannot build upstream URI: {e}")))?;
         let this_body = match &replay {
             Some(b) if b.is_empty() => body::empty(),
@@ -138,7 +137,12 @@ pub async fn send(
         let mut req = Request::new(this_body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = parts.headers.clone();
+        // The last possible try takes the headers; earlier ones send a copy.
+        *req.headers_mut() = if may_retry {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         *req.version_mut() = match upstream.spec.protocol {
             crate::config::UpstreamProtocol::H2 => http::Version::HTTP_2,
             crate::config::UpstreamProtocol::Http1 => http::Version::HTTP_11,
@@ -149,18 +153,18 @@ pub async fn send(
         let now = Instant::now();
         let remaining = deadline.saturating_duration_since(now);
         let per_try = spec.per_try_timeout.map_or(remaining, |p| p.min(remaining));
-        facts.upstream_target = Some(target.url.to_string());
+        facts.upstream_target = Some(target.url_text.clone());
         let started = Instant::now();
         let result = tokio::time::timeout(per_try, upstream.client.request(req)).await;
         gw.metrics
             .upstream_latency
             .get_or_create(&crate::metrics::UpstreamLabel {
-                upstream: name.to_string(),
+                upstream: upstream.label.clone(),
             })
             .observe(started.elapsed().as_secs_f64());
-        let outcome = |o: &str| crate::metrics::UpstreamOutcome {
-            upstream: name.to_string(),
-            outcome: o.to_string(),
+        let outcome = |o: &'static str| crate::metrics::UpstreamOutcome {
+            upstream: upstream.label.clone(),
+            outcome: o,
         };
         match result {
             Ok(Ok(res)) if res.status().as_u16() >= 600 => {

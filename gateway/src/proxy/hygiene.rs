@@ -281,9 +281,19 @@ pub fn request_id(headers: &mut HeaderMap) -> String {
     {
         return v.to_string();
     }
-    let id = format!("{:032x}", rand::random::<u128>());
+    let mut id = String::with_capacity(32);
+    push_hex(&mut id, rand::random::<u128>(), 32);
     set(headers, "x-request-id", &id);
     id
+}
+
+/// Appends the low `digits` hex digits of `v`, zero-padded (what `{:0Nx}` gives, without the
+/// formatting machinery: this runs on every request).
+fn push_hex(out: &mut String, v: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    }
 }
 
 /// Continues the W3C trace in `traceparent` (new span id, same trace id) or starts one.
@@ -293,18 +303,19 @@ pub fn trace_context(headers: &mut HeaderMap) -> String {
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
-    let span = format!("{:016x}", rand::random::<u64>() | 1);
     let (trace, flags) = incoming.unwrap_or_else(|| {
-        (
-            format!("{:032x}", rand::random::<u128>() | 1),
-            "01".to_string(),
-        )
+        let mut t = String::with_capacity(32);
+        push_hex(&mut t, rand::random::<u128>() | 1, 32);
+        (t, "01".to_string())
     });
-    set(
-        headers,
-        "traceparent",
-        &format!("00-{trace}-{span}-{flags}"),
-    );
+    let mut value = String::with_capacity(55);
+    value.push_str("00-");
+    value.push_str(&trace);
+    value.push('-');
+    push_hex(&mut value, u128::from(rand::random::<u64>() | 1), 16);
+    value.push('-');
+    value.push_str(&flags);
+    set(headers, "traceparent", &value);
     trace
 }
 
@@ -326,6 +337,21 @@ fn parse_traceparent(v: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_ids_are_zero_padded_lower_case() {
+        let mut s = String::new();
+        push_hex(&mut s, 0xAB, 32);
+        assert_eq!(s, format!("{:032x}", 0xABu128));
+        s.clear();
+        push_hex(&mut s, u128::MAX, 16);
+        assert_eq!(s, "ffffffffffffffff");
+        let mut h = HeaderMap::new();
+        let trace = trace_context(&mut h);
+        let tp = h["traceparent"].to_str().unwrap();
+        assert_eq!(parse_traceparent(tp), Some((trace, "01".to_string())));
+        assert_eq!(tp.len(), 55);
+    }
 
     #[test]
     fn normalises_paths() {

@@ -49,7 +49,7 @@ pub struct RequestFacts {
     pub host: String,
     pub client_ip: std::net::IpAddr,
     pub route: Option<Arc<RouteRuntime>>,
-    pub upstream_target: Option<String>,
+    pub upstream_target: Option<std::sync::Arc<str>>,
 }
 
 /// Entry point for every request on every listener. Never fails: errors become responses.

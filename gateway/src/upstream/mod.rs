@@ -19,6 +19,11 @@ pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyB
 /// One backend address of an upstream.
 pub struct Target {
     pub url: http::Uri,
+    /// `url` as text (access log, `on-log`), made once.
+    pub url_text: Arc<str>,
+    /// Scheme and authority of `url`, ready to put in each request's URI.
+    pub scheme: http::uri::Scheme,
+    pub authority: Option<http::uri::Authority>,
     pub weight: u32,
     /// Active health-check verdict (true until checks say otherwise).
     pub healthy: AtomicBool,
@@ -32,6 +37,8 @@ pub struct Target {
 /// A named group of targets behind one client.
 pub struct Upstream {
     pub spec: UpstreamSpec,
+    /// The upstream's metric label.
+    pub label: crate::metrics::Name,
     pub targets: Vec<Arc<Target>>,
     pub client: HttpClient,
     balancer: Balancer,
@@ -68,6 +75,9 @@ impl Upstream {
             .iter()
             .map(|t| {
                 Arc::new(Target {
+                    url_text: Arc::from(t.url.to_string()),
+                    scheme: t.url.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
+                    authority: t.url.authority().cloned(),
                     url: t.url.clone(),
                     weight: t.weight,
                     healthy: AtomicBool::new(true),
@@ -80,6 +90,7 @@ impl Upstream {
             .collect();
         let balancer = Balancer::new(spec.lb, &targets);
         Ok(Arc::new(Self {
+            label: crate::metrics::Name::new(&spec.name),
             spec,
             targets,
             client,
