@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::*;
@@ -313,6 +313,70 @@ async fn jwt_verification_is_strict() {
             .unwrap_err()
             .starts_with("key-set-unavailable")
     );
+}
+
+/// The verified-token cache answers repeat tokens without changing any verdict: a cached token
+/// still expires on time, and the same token under other options is checked under those.
+#[tokio::test]
+async fn cached_tokens_keep_every_verdict() {
+    let mut key_sets = HashMap::new();
+    key_sets.insert(
+        "hs".to_string(),
+        KeySetSpec {
+            hmac_secret: Some(SECRET.into()),
+            ..Default::default()
+        },
+    );
+    let rt = PolicyRuntime::new(RuntimeConfig {
+        key_sets,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let api = probe(
+        &rt,
+        "jwt-api",
+        json!({"jwt": {"key_set": "hs", "audience": ["api"]}}),
+    )
+    .await;
+    let other = probe(
+        &rt,
+        "jwt-other",
+        json!({"jwt": {"key_set": "hs", "audience": ["other"]}}),
+    )
+    .await;
+
+    // Expires within two seconds: valid now (twice: verified, then from the cache)...
+    let short = hs256(
+        &json!({"sub": "carol", "aud": "api", "exp": now() + 2}),
+        SECRET.as_bytes(),
+    );
+    for _ in 0..2 {
+        assert!(jwt_call(&api, &short).await.unwrap().contains("carol"));
+    }
+    // ...not for a plugin that wants another audience, cached or not...
+    for _ in 0..2 {
+        assert_eq!(
+            jwt_call(&other, &short).await.unwrap_err(),
+            "invalid-claim: aud: no accepted audience"
+        );
+    }
+    assert!(
+        jwt_call(&api, &short).await.is_ok(),
+        "other options did not evict it"
+    );
+    // ...and expired once its time has passed, although it was cached.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(jwt_call(&api, &short).await.unwrap_err(), "expired");
+
+    // The same claims with a forged signature are not a cache hit.
+    let claims = json!({"sub": "dave", "aud": "api", "exp": now() + 300});
+    assert!(
+        jwt_call(&api, &hs256(&claims, SECRET.as_bytes()))
+            .await
+            .is_ok()
+    );
+    let forged = hs256(&claims, b"not-the-secret-but-just-as-long-0123456789");
+    assert_eq!(jwt_call(&api, &forged).await.unwrap_err(), "bad-signature");
 }
 
 #[tokio::test]

@@ -11,11 +11,18 @@
 //! Key sets hold an HMAC secret, PEM public keys, a JWK/JWKS file and/or a JWKS URL. Remote
 //! JWKS are cached 10 minutes, refetched on an unknown `kid` at most every 10 seconds, and the
 //! last good keys are kept when a fetch fails.
+//!
+//! Verified tokens are cached (like Envoy's `jwt_cache_config`): API clients send the same token
+//! on every request, and the signature and claim checks of an unchanged token against unchanged
+//! keys and options give the same answer. Only the time checks (`exp`, `nbf`) can change; they
+//! are redone on every hit, and any hit that is not clearly still valid goes through the full
+//! verification again. An entry is tied to the remote key list it was verified with, so a JWKS
+//! rotation invalidates it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
@@ -32,6 +39,10 @@ const JWKS_TTL: Duration = Duration::from_secs(600);
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 const JWKS_MAX_BODY: usize = 1024 * 1024;
+/// Verified-token cache bounds: tokens up to this size are cached, this many at most (the cache
+/// is emptied when full, so memory stays under ~ entries × 2 × size).
+const CACHE_MAX_TOKEN: usize = 2048;
+const CACHE_MAX_ENTRIES: usize = 4096;
 
 /// One `[key_sets.NAME]` table of the gateway config. Every source is optional; all keys found
 /// are used together.
@@ -168,6 +179,32 @@ struct KeySet {
 pub(crate) struct KeySets {
     sets: HashMap<String, KeySet>,
     http: HttpClient,
+    verified: Mutex<HashMap<Box<str>, Vec<Verified>>>,
+}
+
+/// A token that passed verification under `opts`, with what a later hit must re-check.
+struct Verified {
+    opts: VerifyOptions,
+    claims: String,
+    exp: u64,
+    nbf: Option<u64>,
+    /// The remote key list it was verified against (`None` for a set without `jwks_url`).
+    remote_keys: Option<Arc<Vec<KeyEntry>>>,
+}
+
+fn same_options(a: &VerifyOptions, b: &VerifyOptions) -> bool {
+    a.key_set == b.key_set
+        && a.algorithms == b.algorithms
+        && a.issuer == b.issuer
+        && a.audience == b.audience
+        && a.required_claims == b.required_claims
+        && a.leeway_s == b.leeway_s
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl std::fmt::Debug for KeySets {
@@ -240,7 +277,48 @@ impl KeySets {
                 },
             );
         }
-        Ok(KeySets { sets, http })
+        Ok(KeySets {
+            sets,
+            http,
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cached claims of `token` if it was verified under the same options and keys and is
+    /// still clearly inside its validity window.
+    fn cached(
+        &self,
+        token: &str,
+        opts: &VerifyOptions,
+        remote: Option<&Arc<Vec<KeyEntry>>>,
+    ) -> Option<String> {
+        let map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let now = unix_now();
+        map.get(token)?
+            .iter()
+            .find(|v| {
+                same_options(&v.opts, opts)
+                    && match (&v.remote_keys, remote) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    }
+            })
+            .filter(|v| v.exp > now && v.nbf.is_none_or(|n| n <= now))
+            .map(|v| v.claims.clone())
+    }
+
+    fn remember(&self, token: &str, entry: Verified) {
+        if token.len() > CACHE_MAX_TOKEN {
+            return;
+        }
+        let mut map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CACHE_MAX_ENTRIES {
+            map.clear();
+        }
+        let list = map.entry(Box::from(token)).or_default();
+        list.retain(|v| !same_options(&v.opts, &entry.opts));
+        list.push(entry);
     }
 
     /// Refreshes a remote JWKS if it is stale, or if `want_kid` is unknown and the last attempt
@@ -298,10 +376,21 @@ impl KeySets {
                 "token longer than {MAX_TOKEN} bytes"
             )));
         }
-        let header = parse_header(token)?;
         let set = self.sets.get(&opts.key_set).ok_or_else(|| {
             VerifyError::KeySetUnavailable(format!("no key set named `{}`", opts.key_set))
         })?;
+        // Fast path: a token verified before under the same options and keys.
+        if let Some(remote) = &set.remote {
+            self.refresh(remote, None).await;
+        }
+        let current = set
+            .remote
+            .as_ref()
+            .map(|r| r.keys.read().unwrap_or_else(|e| e.into_inner()).clone());
+        if let Some(claims) = self.cached(token, opts, current.as_ref()) {
+            return Ok(claims);
+        }
+        let header = parse_header(token)?;
 
         let remote_keys = match &set.remote {
             Some(remote) => {
@@ -375,8 +464,26 @@ impl KeySets {
                             return Err(VerifyError::InvalidClaim(format!("{claim}: missing")));
                         }
                     }
-                    return serde_json::to_string(&data.claims)
-                        .map_err(|e| VerifyError::Malformed(e.to_string()));
+                    let claims = serde_json::to_string(&data.claims)
+                        .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+                    // Cached only with integer times (the hit check compares them to now).
+                    let nbf = data.claims.get("nbf");
+                    if let Some(exp) = data.claims.get("exp").and_then(Value::as_u64)
+                        && nbf.is_none_or(Value::is_u64)
+                    {
+                        let remote_keys = set.remote.as_ref().map(|_| remote_keys.clone());
+                        self.remember(
+                            token,
+                            Verified {
+                                opts: opts.clone(),
+                                claims: claims.clone(),
+                                exp,
+                                nbf: nbf.and_then(Value::as_u64),
+                                remote_keys,
+                            },
+                        );
+                    }
+                    return Ok(claims);
                 }
                 Err(e) => match map_error(e.kind(), &header.alg) {
                     // Try the next key: with several keys and no `kid`, only one will match.
