@@ -49,6 +49,7 @@ impl<S> FramingObserver<S> {
             if matches!(&self.state, State::Head(buf) if buf.is_empty())
                 && !data.starts_with(b"PRI * HTTP/2.0")
                 && let Some(pos) = memchr::memmem::find(data, b"\r\n\r\n")
+                && pos <= MAX_HEAD
             {
                 let end = pos + 4;
                 self.state = self.after_head(&data[..end]);

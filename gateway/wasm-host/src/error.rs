@@ -35,7 +35,10 @@ pub enum LoadErrorKind {
     Read(#[source] std::io::Error),
     #[error("not a valid WebAssembly component: {0}")]
     Compile(String),
-    #[error("the component does not implement the weir:policy `policy` world: {0}")]
+    #[error(
+        "the component does not implement the weir:policy `policy` world: {0} (a plugin built \
+         against an older contract, e.g. before `plugin-info` had `phases`, must be rebuilt)"
+    )]
     NotAPolicy(String),
     #[error("import `{import}` is not granted: {hint}")]
     ImportNotGranted { import: String, hint: String },

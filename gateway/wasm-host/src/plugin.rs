@@ -204,9 +204,9 @@ impl PluginCore {
         let tick = self.epoch_tick;
         store.epoch_deadline_callback(move |mut cx| {
             Ok(match cx.data_mut().clock.on_epoch() {
-                // Yield, not Continue: a guest that runs for many ticks lets the other requests
-                // on this worker thread make progress between ticks.
-                EpochVerdict::Continue(left) => UpdateDeadline::Yield(ticks_for(left, tick)),
+                // Continue, not Yield: the CPU budget is read from this thread's CPU clock, and a
+                // yield would charge the guest for whatever other tasks ran meanwhile.
+                EpochVerdict::Continue(left) => UpdateDeadline::Continue(ticks_for(left, tick)),
                 EpochVerdict::Interrupt => UpdateDeadline::Interrupt,
             })
         });

@@ -39,10 +39,12 @@ const JWKS_TTL: Duration = Duration::from_secs(600);
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 const JWKS_MAX_BODY: usize = 1024 * 1024;
-/// Verified-token cache bounds: tokens up to this size are cached, this many at most (the cache
-/// is emptied when full, so memory stays under ~ entries × 2 × size).
+/// Verified-token cache bounds: tokens up to this size, this many entries in all and per token
+/// (one per distinct verify options). The cache is emptied when full, so it holds at most
+/// `CACHE_MAX_ENTRIES` tokens with their claims (each ≤ `CACHE_MAX_TOKEN` bytes).
 const CACHE_MAX_TOKEN: usize = 2048;
 const CACHE_MAX_ENTRIES: usize = 4096;
+const CACHE_MAX_PER_TOKEN: usize = 8;
 
 /// One `[key_sets.NAME]` table of the gateway config. Every source is optional; all keys found
 /// are used together.
@@ -179,7 +181,14 @@ struct KeySet {
 pub(crate) struct KeySets {
     sets: HashMap<String, KeySet>,
     http: HttpClient,
-    verified: Mutex<HashMap<Box<str>, Vec<Verified>>>,
+    verified: Mutex<VerifiedCache>,
+}
+
+#[derive(Default)]
+struct VerifiedCache {
+    by_token: HashMap<Box<str>, Vec<Verified>>,
+    /// Entries over every token.
+    entries: usize,
 }
 
 /// A token that passed verification under `opts`, with what a later hit must re-check.
@@ -280,7 +289,7 @@ impl KeySets {
         Ok(KeySets {
             sets,
             http,
-            verified: Mutex::new(HashMap::new()),
+            verified: Mutex::new(VerifiedCache::default()),
         })
     }
 
@@ -292,9 +301,11 @@ impl KeySets {
         opts: &VerifyOptions,
         remote: Option<&Arc<Vec<KeyEntry>>>,
     ) -> Option<String> {
-        let map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         let now = unix_now();
-        map.get(token)?
+        cache
+            .by_token
+            .get(token)?
             .iter()
             .find(|v| {
                 same_options(&v.opts, opts)
@@ -312,13 +323,20 @@ impl KeySets {
         if token.len() > CACHE_MAX_TOKEN {
             return;
         }
-        let mut map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= CACHE_MAX_ENTRIES {
-            map.clear();
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.entries >= CACHE_MAX_ENTRIES {
+            cache.by_token.clear();
+            cache.entries = 0;
         }
-        let list = map.entry(Box::from(token)).or_default();
+        let list = cache.by_token.entry(Box::from(token)).or_default();
+        let before = list.len();
         list.retain(|v| !same_options(&v.opts, &entry.opts));
+        if list.len() >= CACHE_MAX_PER_TOKEN {
+            list.remove(0);
+        }
         list.push(entry);
+        let after = list.len();
+        cache.entries = (cache.entries + after).saturating_sub(before);
     }
 
     /// Refreshes a remote JWKS if it is stale, or if `want_kid` is unknown and the last attempt
