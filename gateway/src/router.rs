@@ -4,11 +4,17 @@
 
 use crate::config::{HeaderMatch, HostMatch, PathMatch, RouteSpec};
 use http::{HeaderMap, Method};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// An immutable routing table, rebuilt on every reload.
 pub struct Router<R> {
     entries: Vec<(Arc<RouteSpec>, R)>,
+    /// Positions in `entries` (ascending) of the routes for each exact host: a request only
+    /// tries its own host's routes and `any_host`, not every other host's.
+    by_host: HashMap<String, Vec<usize>>,
+    /// Positions (ascending) of the routes without an exact host (wildcard or none).
+    any_host: Vec<usize>,
 }
 
 impl<R> Router<R> {
@@ -17,8 +23,19 @@ impl<R> Router<R> {
         let mut entries: Vec<(usize, (Arc<RouteSpec>, R))> =
             routes.into_iter().enumerate().collect();
         entries.sort_by(|(ia, a), (ib, b)| b.0.priority.cmp(&a.0.priority).then(ia.cmp(ib)));
+        let entries: Vec<(Arc<RouteSpec>, R)> = entries.into_iter().map(|(_, e)| e).collect();
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_host = Vec::new();
+        for (i, (r, _)) in entries.iter().enumerate() {
+            match &r.host {
+                Some(HostMatch::Exact(h)) => by_host.entry(h.clone()).or_default().push(i),
+                _ => any_host.push(i),
+            }
+        }
         Self {
-            entries: entries.into_iter().map(|(_, e)| e).collect(),
+            entries,
+            by_host,
+            any_host,
         }
     }
 
@@ -30,9 +47,22 @@ impl<R> Router<R> {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<&(Arc<RouteSpec>, R)> {
-        self.entries
-            .iter()
-            .find(|(r, _)| matches(r, host, path, method, headers))
+        // Walk the host's routes and the host-independent ones merged in table order, so the
+        // first match is the one a scan of every route would find.
+        let own: &[usize] = self.by_host.get(host).map_or(&[], Vec::as_slice);
+        let (mut a, mut b) = (own.iter().peekable(), self.any_host.iter().peekable());
+        loop {
+            let i = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) if x < y => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => return None,
+            };
+            let e = self.entries.get(*i?)?;
+            if matches(&e.0, host, path, method, headers) {
+                return Some(e);
+            }
+        }
     }
 
     /// Routes in match order.
@@ -116,6 +146,56 @@ pub fn upstream_path(r: &RouteSpec, path: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::PathMatch;
+
+    /// The host index finds exactly what a scan of every route in order finds: same-host routes
+    /// interleaved with wildcard and host-less ones by priority, and config order on ties.
+    #[test]
+    fn host_index_agrees_with_a_linear_scan() {
+        let mut toml = String::from(
+            "version = 1\n[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.u]\ntargets = [{ url = \"http://127.0.0.1:1\" }]\n",
+        );
+        let shapes = [
+            r#"host = "a.example", path_prefix = "/x""#,
+            r#"host = "*.example", path_prefix = "/x""#,
+            r#"path_prefix = "/x""#,
+            r#"host = "b.example", path_prefix = "/""#,
+            r#"host = "a.example", path = "/x/1""#,
+            r#"path_prefix = "/""#,
+        ];
+        for i in 0..30 {
+            let m = shapes[i % shapes.len()];
+            // A few priority levels, so order comes from both priority and position.
+            toml.push_str(&format!(
+                "[[routes]]\nname = \"r{i}\"\nmatch = {{ {m} }}\nupstream = \"u\"\npriority = {}\n",
+                (i * 7) % 4
+            ));
+        }
+        let cfg = crate::config::parse(&toml, "t.toml", std::path::Path::new("."), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let routes: Vec<(Arc<RouteSpec>, ())> =
+            cfg.routes.into_iter().map(|r| (Arc::new(r), ())).collect();
+        let router = Router::new(routes);
+        let h = HeaderMap::new();
+        for host in [
+            "a.example",
+            "b.example",
+            "c.example",
+            "other.org",
+            "x.a.example",
+        ] {
+            for path in ["/x", "/x/1", "/y", "/"] {
+                let scan = router
+                    .entries()
+                    .find(|(r, _)| matches(r, host, path, &Method::GET, &h))
+                    .map(|(r, _)| r.name.clone());
+                let found = router
+                    .find(host, path, &Method::GET, &h)
+                    .map(|(r, _)| r.name.clone());
+                assert_eq!(found, scan, "{host}{path}");
+            }
+        }
+    }
 
     #[test]
     fn prefix_is_segment_aware() {
