@@ -1,5 +1,5 @@
-//! Graceful shutdown of the real `weir` binary: on SIGTERM an in-flight request completes, new
-//! connections are refused, and the process exits 0.
+//! The real `weir` binary: graceful shutdown (on SIGTERM an in-flight request completes, new
+//! connections are refused, and the process exits 0) and its default log filter.
 //!
 //! `target/debug/weir` is not produced by `cargo test -p weir-suite`; it is built here with
 //! `cargo build -p weir --bin weir` when missing.
@@ -27,10 +27,19 @@ impl Drop for Weir {
 
 impl Weir {
     fn start(config: &std::path::Path) -> Self {
-        let mut child = Command::new(ensure_weir_bin())
+        Self::start_with_log_filter(config, Some("info"))
+    }
+
+    /// `weir run` with `WEIR_LOG` set to `filter`, or unset (the built-in default) for `None`.
+    fn start_with_log_filter(config: &std::path::Path, filter: Option<&str>) -> Self {
+        let mut command = Command::new(ensure_weir_bin());
+        match filter {
+            Some(f) => command.env("WEIR_LOG", f),
+            None => command.env_remove("WEIR_LOG"),
+        };
+        let mut child = command
             .args(["run", "-c"])
             .arg(config)
-            .env("WEIR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -79,6 +88,21 @@ impl Weir {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// SIGTERM, wait for the exit, and return everything it wrote to stderr.
+    fn stop_and_collect_stderr(&mut self) -> String {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        if self.wait_exit(Duration::from_secs(15)).is_none() {
+            let _ = self.child.kill();
+        }
+        let mut lines = Vec::new();
+        // The reader thread ends when the pipe closes with the process.
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            lines.push(line);
+        }
+        lines.join("\n")
     }
 
     fn stderr_so_far(&self) -> String {
@@ -203,4 +227,60 @@ upstream = "slow"
         "drain took {:?} for a 2 s request",
         signalled.elapsed()
     );
+}
+
+/// curl and wrk send an IP address as SNI when given one, and rustls warns about each such
+/// connection. With `WEIR_LOG` unset that must not reach the log (one line per connection would
+/// flood it); an explicit `WEIR_LOG=info` still shows it, which proves the client sent one.
+#[test]
+fn ip_address_sni_is_kept_out_of_the_default_log() {
+    let pki = weir_testkit::extra_b::TestPki::new("Weir Test CA");
+    let dir = tempfile::tempdir().unwrap();
+    pki.server_cert(&["a.test"]).write(dir.path(), "a");
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        r#"
+version = 1
+
+[log]
+format = "json"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+tls = { certs = [{ cert = "a.crt", key = "a.key" }] }
+
+[upstreams.none]
+targets = [{ url = "http://127.0.0.1:9" }]
+
+[[routes]]
+name = "all"
+match = { path_prefix = "/" }
+upstream = "none"
+"#,
+    )
+    .unwrap();
+
+    for (filter, warned) in [(Some("info"), true), (None, false)] {
+        let mut weir = Weir::start_with_log_filter(&config, filter);
+        let addr = weir.listener_addr(Duration::from_secs(30));
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string()])
+            .args(["-servername", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl is needed for this test");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"),
+            "no TLS handshake: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = weir.stop_and_collect_stderr();
+        assert_eq!(
+            log.contains("Illegal SNI"),
+            warned,
+            "WEIR_LOG={filter:?}; stderr:\n{log}"
+        );
+    }
 }

@@ -48,9 +48,14 @@ enum Cmd {
     },
 }
 
+/// Log filter when `WEIR_LOG` is unset. rustls warns about peer behaviour that is common and
+/// harmless (an IP address sent as SNI by curl or wrk given an IP): one line per connection
+/// would flood the log, so only its errors are kept.
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

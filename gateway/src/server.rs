@@ -40,6 +40,7 @@ pub async fn bind(spec: &Listener) -> anyhow::Result<BoundListener> {
                 })
                 .collect(),
             client_ca: t.client_ca.clone(),
+            session_resumption: t.session_resumption,
         })?),
         None => None,
     };

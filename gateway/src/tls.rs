@@ -41,6 +41,9 @@ pub struct TlsSettings {
     /// PEM bundle of CA certificates; when set, every client must present a certificate chaining
     /// to one of them.
     pub client_ca: Option<PathBuf>,
+    /// Let returning clients resume a session instead of a full handshake (rustls' in-memory
+    /// session cache and TLS 1.3 tickets). Off forces a full handshake on every connection.
+    pub session_resumption: bool,
 }
 
 /// A PEM certificate chain (leaf first) and the PEM private key of its leaf.
@@ -86,7 +89,7 @@ pub struct TlsTerminator {
 impl TlsTerminator {
     /// Loads and validates every file; the error names the file and the problem.
     pub fn new(settings: TlsSettings) -> Result<Arc<Self>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let stamps = stamp_files(&settings);
         let config = build_config(&settings, &provider)?;
         Ok(Arc::new(Self {
@@ -331,6 +334,10 @@ fn build_config(
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     // Our cipher suite order (strongest first), not the client's: testssl rates client order HIGH.
     config.ignore_client_order = true;
+    if !settings.session_resumption {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
@@ -611,7 +618,7 @@ mod tests {
     }
 
     fn provider() -> Arc<CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
     }
 
     /// What the server saw of one accepted handshake.
@@ -668,6 +675,7 @@ mod tests {
         leaf: CertificateDer<'static>,
         alpn: Option<Vec<u8>>,
         version: Option<ProtocolVersion>,
+        kind: Option<rustls::HandshakeKind>,
     }
 
     async fn connect(
@@ -685,6 +693,7 @@ mod tests {
             leaf: conn.peer_certificates().unwrap()[0].clone(),
             alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
             version: conn.protocol_version(),
+            kind: conn.handshake_kind(),
         };
         // Reading surfaces a rejection the server sends after a TLS 1.3 client has finished.
         let mut greeting = Vec::new();
@@ -782,6 +791,7 @@ mod tests {
                 write_pair(dir.path(), "beta", &beta),
             ],
             client_ca: None,
+            session_resumption: true,
         };
         Fixture {
             dir,
@@ -894,6 +904,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seen.alpn, None, "no ALPN offered, none chosen");
+    }
+
+    #[tokio::test]
+    async fn session_resumption_can_be_turned_off() {
+        use rustls::HandshakeKind::{Full, Resumed};
+        let fx = fixture();
+        let tls12 = || {
+            ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .with_root_certificates(fx.ca.roots())
+                .with_no_client_auth()
+        };
+        for (resumption, second) in [(true, Resumed), (false, Full)] {
+            let settings = TlsSettings {
+                session_resumption: resumption,
+                ..fx.settings.clone()
+            };
+            let (addr, _seen) = serve(TlsTerminator::new(settings).unwrap()).await;
+            for (version, config) in [("1.3", client(&fx.ca)), ("1.2", tls12())] {
+                // One client config keeps its session cache across both connections.
+                let config = Arc::new(config);
+                let first = connect(addr, config.clone(), "alpha.test").await.unwrap();
+                let again = connect(addr, config, "alpha.test").await.unwrap();
+                assert_eq!(first.kind, Some(Full), "TLS {version}, first connection");
+                assert_eq!(
+                    again.kind,
+                    Some(second),
+                    "TLS {version}, second connection, session_resumption = {resumption}"
+                );
+            }
+        }
     }
 
     /// Runs `openssl s_client` against `addr` with extra arguments; `None` if openssl is absent.
@@ -1106,6 +1148,7 @@ mod tests {
                 key: fx.settings.certs[0].key.clone(),
             }],
             client_ca: None,
+            session_resumption: true,
         };
         let error = TlsTerminator::new(missing).unwrap_err();
         assert!(matches!(error, TlsError::Read { .. }));
@@ -1119,6 +1162,7 @@ mod tests {
                 key: fx.settings.certs[0].key.clone(),
             }],
             client_ca: None,
+            session_resumption: true,
         })
         .unwrap_err();
         assert!(
@@ -1132,6 +1176,7 @@ mod tests {
                 key: fx.settings.certs[0].cert.clone(),
             }],
             client_ca: None,
+            session_resumption: true,
         })
         .unwrap_err();
         assert!(error.to_string().contains("no PRIVATE KEY"), "{error}");
@@ -1139,6 +1184,7 @@ mod tests {
         let error = TlsTerminator::new(TlsSettings {
             certs: vec![],
             client_ca: None,
+            session_resumption: true,
         })
         .unwrap_err();
         assert!(matches!(error, TlsError::NoCertificates));

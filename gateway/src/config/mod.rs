@@ -333,7 +333,11 @@ impl Validator<'_> {
                     .client_ca
                     .as_ref()
                     .map(|ca| self.existing_file(&tat.key("client_ca"), ca));
-                ListenerTls { certs, client_ca }
+                ListenerTls {
+                    certs,
+                    client_ca,
+                    session_resumption: t.session_resumption.unwrap_or(true),
+                }
             });
             listeners.push(Listener {
                 name: l.name.clone(),

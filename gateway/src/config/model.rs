@@ -37,6 +37,8 @@ pub struct Listener {
 pub struct ListenerTls {
     pub certs: Vec<(PathBuf, PathBuf)>,
     pub client_ca: Option<PathBuf>,
+    /// Whether returning clients may resume a session (TLS 1.3 tickets, TLS 1.2 session ids).
+    pub session_resumption: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,6 +47,7 @@ pub struct RawListener {
 pub struct RawTls {
     pub certs: Vec<RawCertPair>,
     pub client_ca: Option<String>,
+    pub session_resumption: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -209,7 +209,7 @@ fn build_client(spec: &UpstreamSpec) -> Result<HttpClient, BuildError> {
             })?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| BuildError::Ca(spec.name.clone(), "-".into(), e.to_string()))?

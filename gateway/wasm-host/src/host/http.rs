@@ -133,7 +133,7 @@ impl HttpClient {
         http.set_nodelay(true);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
+                rustls::crypto::aws_lc_rs::default_provider(),
             ))
             .map_err(|e| format!("TLS setup: {e}"))?
             .https_or_http()
