@@ -278,6 +278,11 @@ print(f"{header}.{claims}.{b64(sig)}")
 PY
 }
 
+# Every TLS server gets Weir's cipher suite order (Mozilla "intermediate", server preference), so
+# all of them negotiate the same suite with wrk: TLS_AES_128_GCM_SHA256 on TLS 1.3.
+TLS13_SUITES="TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+TLS12_CIPHERS="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
 # RSA-2048 by default: the usual deployed certificate, and its server-side signature dominates a
 # handshake, so the proxy (not wrk's client side) is what saturates. CERT_ALG=ec for ECDSA P-256.
 make_cert() {
@@ -295,7 +300,10 @@ write_nginx_conf() {
         listen="listen 127.0.0.1:$NGINX_PORT ssl;"
         tls="ssl_certificate $TMP/cert.pem;
         ssl_certificate_key $TMP/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;"
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_prefer_server_ciphers on;
+        ssl_ciphers $TLS12_CIPHERS;
+        ssl_conf_command Ciphersuites $TLS13_SUITES;"
         [[ $SCENARIO == handshake ]] && tls+="
         ssl_session_tickets off;
         ssl_session_cache off;"
@@ -347,6 +355,8 @@ write_haproxy_conf() {
 global
     nbthread 1
     maxconn 4096
+    ssl-default-bind-ciphers $TLS12_CIPHERS
+    ssl-default-bind-ciphersuites $TLS13_SUITES
     $cache
 defaults
     mode http
