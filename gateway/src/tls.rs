@@ -354,7 +354,7 @@ fn build_config(
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(entries)));
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
-    // Our cipher suite order (strongest first), not the client's: testssl rates client order HIGH.
+    // Our cipher suite order (`server_provider`), not the client's: testssl rates client order HIGH.
     config.ignore_client_order = true;
     if !settings.session_resumption {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -933,6 +933,7 @@ mod tests {
     #[tokio::test]
     async fn server_cipher_suite_order_wins() {
         use rustls::CipherSuite as C;
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
         let fx = fixture();
         let (addr, _seen) = serve(TlsTerminator::new(fx.settings.clone()).unwrap()).await;
         let client_prefers = |suites: &[rustls::SupportedCipherSuite]| {
@@ -950,7 +951,6 @@ mod tests {
                 .with_root_certificates(fx.ca.roots())
                 .with_no_client_auth()
         };
-        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
         // The client lists AES-256 (and ChaCha20) first; the server's AES-128 choice wins.
         for (offered, want) in [
             (
