@@ -371,6 +371,51 @@ plugins = [
     gw.shutdown().await;
 }
 
+/// `request_headers` shows a plugin only the request headers it names: api-key-auth finds its
+/// key when `x-api-key` is listed, and not when only `authorization` is, though the client sent
+/// it. What the plugin is shown is not what is forwarded: the upstream still gets the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_limit_what_a_plugin_sees() {
+    let up = TestUpstream::start("echo").await;
+    let route = |name: &str, visible: &str| {
+        format!(
+            r#"
+[[routes]]
+name = "{name}"
+match = {{ path_prefix = "/{name}" }}
+upstream = "echo"
+plugins = [
+  {{ name = "api-key-auth", wasm = {auth}, request_headers = {visible}, config = {{ keys = {{ "k1" = {{ consumer = "alice" }} }}, hide_credentials = false }} }},
+]
+"#,
+            auth = toml_path(&plugin("api_key_auth")),
+        )
+    };
+    let toml = format!(
+        "{}{}{}{}",
+        preamble(&up.url()),
+        route("listed", r#"["X-Api-Key"]"#),
+        route("hidden", r#"["authorization"]"#),
+        route("none", "[]"),
+    );
+    let gw = TestGateway::start(&toml).await;
+    let c = TestClient::new();
+
+    let r = c.get_with(&gw.url("/listed"), &[("x-api-key", "k1")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        upstream_headers(&r)
+            .get("x-api-key")
+            .and_then(|v| v.as_str()),
+        Some("k1")
+    );
+    for hidden in ["/hidden", "/none"] {
+        let r = c.get_with(&gw.url(hidden), &[("x-api-key", "k1")]).await;
+        assert_eq!(r.status, 401, "{hidden}: {}", r.text());
+    }
+    gw.shutdown().await;
+}
+
 /// The problem+json of a fail-closed plugin failure, checking the failure kind it names.
 fn assert_policy_failed(r: &Resp, plugin: &str, kind: &str) {
     assert_eq!(r.status, 503, "{plugin}: {}", r.text());

@@ -180,7 +180,7 @@ fn listen_on_port_zero(text: &str) -> String {
         .join("\n")
 }
 
-/// A config with seven independent mistakes (no syntax or unknown-key error, which stop parsing).
+/// A config with eight independent mistakes (no syntax or unknown-key error, which stop parsing).
 const BROKEN: &str = r#"version = 1
 
 [[listeners]]
@@ -200,6 +200,7 @@ name = "users"
 match = { path_prefix = "/users" }
 upstream = "app"
 timeout = "10 parsecs"
+plugins = [{ name = "p", wasm = "p.wasm", request_headers = ["x-ok", "bad header"] }]
 
 [[routes]]
 name = "orders"
@@ -217,6 +218,15 @@ match = { path_prefix = "/u2" }
 upstream = "app"
 "#;
 
+/// Writes `text` as `broken.toml` in `dir`, next to the (empty) plugin file it names, and returns
+/// its path.
+fn write_broken(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("broken.toml");
+    std::fs::write(&p, text).unwrap();
+    std::fs::write(dir.join("p.wasm"), b"").unwrap();
+    p
+}
+
 /// `(key path, text of the value it must point at, occurrence of that text, words in the message)`.
 const EXPECTED: &[(&str, &str, usize, &str)] = &[
     (
@@ -233,6 +243,12 @@ const EXPECTED: &[(&str, &str, usize, &str)] = &[
     ),
     ("upstreams.app.lb", "\"fastest\"", 0, "unknown lb"),
     ("routes[0].timeout", "\"10 parsecs\"", 0, "invalid duration"),
+    (
+        "routes[0].plugins[0].request_headers[1]",
+        "\"bad header\"",
+        0,
+        "not a valid header name",
+    ),
     ("routes[1].upstream", "\"ordres\"", 0, "unknown upstream"),
     (
         "routes[2].match.path_regex",
@@ -268,8 +284,7 @@ fn assert_located(report: &str, file: &str, text: &str) {
 #[tokio::test]
 async fn broken_config_reports_every_error_with_location() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("broken.toml");
-    std::fs::write(&p, BROKEN).unwrap();
+    let p = write_broken(dir.path(), BROKEN);
     let file = p.display().to_string();
 
     let errs = weir::config::load_file(&p).expect_err("the broken config validated");
@@ -291,7 +306,10 @@ async fn broken_config_reports_every_error_with_location() {
         assert_eq!(out.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_located(&stderr, &file, BROKEN);
-        assert!(stderr.contains(&format!("{file}: 7 error(s)")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{file}: {} error(s)", EXPECTED.len())),
+            "{stderr}"
+        );
     }
 }
 
@@ -331,8 +349,7 @@ async fn missing_config_file_fails_with_its_name() {
 async fn unknown_key_does_not_hide_other_errors() {
     let text = BROKEN.replace("lb = \"fastest\"", "lb = \"fastest\"\nretry = 3");
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("broken.toml");
-    std::fs::write(&p, &text).unwrap();
+    let p = write_broken(dir.path(), &text);
     let errs = weir::config::load_file(&p).expect_err("the broken config validated");
     let report = errs.to_string();
     assert_eq!(errs.0.len(), EXPECTED.len() + 1, "{report}");
@@ -350,8 +367,7 @@ async fn unknown_key_does_not_hide_other_errors() {
 #[tokio::test]
 async fn error_report_is_one_line_per_error() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("broken.toml");
-    std::fs::write(&p, BROKEN).unwrap();
+    let p = write_broken(dir.path(), BROKEN);
     let errs = weir::config::load_file(&p).expect_err("the broken config validated");
     let report = errs.to_string();
     assert_eq!(report.lines().count(), errs.0.len(), "{report}");

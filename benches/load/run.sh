@@ -26,7 +26,8 @@
 #   SCENARIOS   subset of the mode's scenarios (default: all of them)
 #   DURATION    wrk measuring time per run (default 10s)      WARMUP   warm-up per run (default 2s)
 #   ROUNDS      rounds of alternated runs (default 5)         CONNS    connection counts ("64 8")
-#   CONTENDERS  subset of: direct nginx haproxy weir-plain weir-noop weir-chain (tls: no direct)
+#   CONTENDERS  subset of: direct nginx haproxy weir-plain weir-noop weir-chain weir-chain-scoped
+#               (tls: no direct)
 #   BODY_BYTES  upstream body size (default 1024)
 #   CERT_ALG    tls mode certificate: rsa (RSA-2048, default) | ec (ECDSA P-256)
 #   NO_BUILD=1  do not run cargo (use the binaries already built)
@@ -67,12 +68,12 @@ HMAC_SECRET="weir-bench-hs256-secret-0123456789abcdef"
 
 case "$MODE" in
 plain)
-    ALL_CONTENDERS="direct nginx haproxy weir-plain weir-noop weir-chain"
+    ALL_CONTENDERS="direct nginx haproxy weir-plain weir-noop weir-chain weir-chain-scoped"
     ALL_SCENARIOS="keepalive"
     SCHEME=http
     ;;
 tls)
-    ALL_CONTENDERS="nginx haproxy weir-plain weir-noop weir-chain"
+    ALL_CONTENDERS="nginx haproxy weir-plain weir-noop weir-chain weir-chain-scoped"
     ALL_SCENARIOS="keepalive handshake resumed"
     SCHEME=https
     ;;
@@ -245,7 +246,8 @@ skip_all_weir() {
 
 check_plugins() {
     local c wasm missing
-    declare -A needs=([weir-noop]="noop" [weir-chain]="jwt_auth rate_limit headers")
+    declare -A needs=([weir-noop]="noop" [weir-chain]="jwt_auth rate_limit headers"
+        [weir-chain-scoped]="jwt_auth rate_limit headers")
     for c in $CONTENDERS; do
         [[ -n ${needs[$c]:-} && -z ${SKIP[$c]:-} ]] || continue
         missing=""
@@ -437,7 +439,7 @@ start_contender() {
         # shellcheck disable=SC2086 # WEIR_ARGS is a word list on purpose
         taskset -c "$PROXY_CPU" env RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
             "$WEIR_BIN" $args >"$logf" 2>&1 &
-        [[ $c == weir-chain ]] && WRK_HEADERS=(-H "Authorization: Bearer $TOKEN")
+        [[ $c == weir-chain* ]] && WRK_HEADERS=(-H "Authorization: Bearer $TOKEN")
         ;;
     esac
     PROXY_PID=$!

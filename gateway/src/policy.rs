@@ -198,7 +198,7 @@ impl ChainSession {
                 method: out.parts.method.to_string(),
                 path: out.path.clone(),
                 query: out.parts.uri.query().map(str::to_string),
-                headers: to_fields(&out.parts.headers),
+                headers: visible_fields(&out.parts.headers, plugin.spec.request_headers.as_deref()),
                 body,
                 client_ip: facts.client_ip.to_string(),
                 route: self.route.spec.name.clone(),
@@ -409,8 +409,10 @@ fn bad_output(plugin: &PluginInstance, why: String) -> Result<(), GatewayError> 
     }
 }
 
-fn to_fields(h: &HeaderMap) -> host::Fields {
+/// The request headers a plugin may see: all of them, or only those its `request_headers` names.
+fn visible_fields(h: &HeaderMap, only: Option<&[HeaderName]>) -> host::Fields {
     h.iter()
+        .filter(|(k, _)| only.is_none_or(|names| names.contains(k)))
         .map(|(k, v)| {
             (
                 k.as_str().to_string(),
@@ -418,6 +420,10 @@ fn to_fields(h: &HeaderMap) -> host::Fields {
             )
         })
         .collect()
+}
+
+fn to_fields(h: &HeaderMap) -> host::Fields {
+    visible_fields(h, None)
 }
 
 /// A body the chain buffered (and maybe replaced), with the framing headers made to match it.

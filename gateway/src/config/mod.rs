@@ -1047,6 +1047,22 @@ impl Validator<'_> {
             p.http.as_ref().and_then(|h| h.timeout.as_ref()),
             Duration::from_secs(5),
         );
+        let request_headers = p.request_headers.as_ref().map(|names| {
+            names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    let parsed = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes());
+                    if parsed.is_err() {
+                        self.err(
+                            &at.key("request_headers").index(i),
+                            format!("{name:?} is not a valid header name"),
+                        );
+                    }
+                    parsed.ok()
+                })
+                .collect()
+        });
         PluginRef {
             name: p.name.clone(),
             wasm,
@@ -1057,6 +1073,7 @@ impl Validator<'_> {
             cpu,
             http_allow,
             http_timeout,
+            request_headers,
         }
     }
 }

@@ -192,6 +192,9 @@ pub struct PluginRef {
     pub cpu: Duration,
     pub http_allow: Vec<String>,
     pub http_timeout: Duration,
+    /// The request headers the plugin is shown (`None`: all of them). Least privilege for
+    /// credentials and cookies, and fewer strings copied into the guest on every call.
+    pub request_headers: Option<Vec<http::HeaderName>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

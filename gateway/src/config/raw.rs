@@ -166,6 +166,7 @@ pub struct RawPlugin {
     #[serde(default)]
     pub limits: RawPluginLimits,
     pub http: Option<RawPluginHttp>,
+    pub request_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
