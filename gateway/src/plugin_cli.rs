@@ -808,9 +808,12 @@ export function weirInit(config) {{
   const has = (f) => typeof f === "function";
   const phases = (info && info.phases) || {{}};
   const declared = (k, f) => (phases[k] === undefined ? has(f) : !!phases[k]);
+  // `requestHeaders: ["authorization"]` shows onRequest only those headers; absent: all.
+  const reads = info && Array.isArray(info.requestHeaders) ? info.requestHeaders.map(String) : undefined;
   return {{
     needsRequestBody: !!(info && info.needsRequestBody),
     needsResponseBody: !!(info && info.needsResponseBody),
+    requestHeaders: reads,
     phases: {{
       onRequest: declared("onRequest", policy.onRequest),
       onResponse: declared("onResponse", policy.onResponse),
@@ -1224,6 +1227,14 @@ pub async fn test_plugin(input: &TestInput) -> Result<String, String> {
     let loading = Instant::now();
     let plugin = rt.load(&spec).await.map_err(|e| e.to_string())?;
     let load_ms = loading.elapsed().as_secs_f64() * 1e3;
+    // Like the gateway: only the headers the plugin declared it reads reach it.
+    let headers = match &plugin.info.request_headers {
+        Some(names) => headers
+            .into_iter()
+            .filter(|(n, _)| names.iter().any(|d| d.eq_ignore_ascii_case(n)))
+            .collect(),
+        None => headers,
+    };
     let req = PolicyRequest {
         method: input.method.to_ascii_uppercase(),
         path,

@@ -27,6 +27,29 @@ pub struct PluginInstance {
     /// `global` or `route NAME`.
     pub scope: String,
     pub loaded: Arc<host::LoadedPlugin>,
+    /// The request headers `on-request` is shown (`None`: all): what the plugin declared it
+    /// reads, narrowed by the operator's `request_headers`.
+    pub visible_headers: Option<Vec<HeaderName>>,
+}
+
+/// Both lists narrow what a plugin sees: the operator's `request_headers` and the headers the
+/// plugin declares it reads. A declared name that is not a valid header name matches nothing.
+fn visible_headers(
+    operator: Option<&[HeaderName]>,
+    declared: Option<&[String]>,
+) -> Option<Vec<HeaderName>> {
+    let declared: Option<Vec<HeaderName>> = declared.map(|names| {
+        names
+            .iter()
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect()
+    });
+    match (operator, declared) {
+        (None, None) => None,
+        (Some(o), None) => Some(o.to_vec()),
+        (None, Some(d)) => Some(d),
+        (Some(o), Some(d)) => Some(o.iter().filter(|n| d.contains(n)).cloned().collect()),
+    }
 }
 
 /// The gateway's handle on the policy runtime.
@@ -107,10 +130,15 @@ impl Runtime {
             spec.cpu_limit = r.cpu;
             spec.http_allow = r.http_allow.clone();
             let loaded = self.rt.load(&spec).await?;
+            let visible_headers = visible_headers(
+                r.request_headers.as_deref(),
+                loaded.info.request_headers.as_deref(),
+            );
             out.push(Arc::new(PluginInstance {
                 spec: r.clone(),
                 scope: scope.to_string(),
                 loaded,
+                visible_headers,
             }));
         }
         Ok(out)
@@ -198,7 +226,7 @@ impl ChainSession {
                 method: out.parts.method.to_string(),
                 path: out.path.clone(),
                 query: out.parts.uri.query().map(str::to_string),
-                headers: visible_fields(&out.parts.headers, plugin.spec.request_headers.as_deref()),
+                headers: visible_fields(&out.parts.headers, plugin.visible_headers.as_deref()),
                 body,
                 client_ip: facts.client_ip.to_string(),
                 route: self.route.spec.name.clone(),
@@ -409,7 +437,7 @@ fn bad_output(plugin: &PluginInstance, why: String) -> Result<(), GatewayError> 
     }
 }
 
-/// The request headers a plugin may see: all of them, or only those its `request_headers` names.
+/// The request headers a plugin may see: all of them, or only those in `only`.
 fn visible_fields(h: &HeaderMap, only: Option<&[HeaderName]>) -> host::Fields {
     h.iter()
         .filter(|(k, _)| only.is_none_or(|names| names.contains(k)))
@@ -643,4 +671,36 @@ pub fn status(table: &Table) -> serde_json::Value {
         }
     }
     serde_json::Value::Array(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<HeaderName> {
+        list.iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn operator_and_plugin_lists_both_narrow_the_headers_shown() {
+        let declared = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(visible_headers(None, None), None);
+        let op = names(&["authorization", "x-api-key"]);
+        assert_eq!(visible_headers(Some(&op), None), Some(op.clone()));
+        assert_eq!(
+            visible_headers(None, Some(&declared(&["authorization", "bad name"]))),
+            Some(names(&["authorization"]))
+        );
+        assert_eq!(
+            visible_headers(Some(&op), Some(&declared(&["authorization", "cookie"]))),
+            Some(names(&["authorization"]))
+        );
+        assert_eq!(
+            visible_headers(Some(&op), Some(&[])),
+            Some(vec![]),
+            "a plugin that reads no header gets none, whatever the operator allows"
+        );
+    }
 }

@@ -88,6 +88,7 @@ impl From<sdk::PluginInfo> for wit::PluginInfo {
             .into_iter()
             .filter(|(p, _)| i.phases.contains(*p))
             .fold(wit::Phases::empty(), |acc, (_, w)| acc | w),
+            request_headers: i.request_headers,
         }
     }
 }

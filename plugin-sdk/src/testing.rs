@@ -496,7 +496,7 @@ impl<P: Policy> Harness<P> {
 
     /// What the policy declared in `info()`.
     pub fn info(&self) -> PluginInfo {
-        self.info
+        self.info.clone()
     }
 
     /// The policy instance.
@@ -523,6 +523,11 @@ impl<P: Policy> Harness<P> {
         let mut req = req.into();
         if !self.info.needs_request_body {
             req.body = None;
+        }
+        if let Some(names) = &self.info.request_headers {
+            // Like the gateway: headers the policy did not declare never reach it.
+            req.headers
+                .retain(|(n, _)| names.iter().any(|d| d.eq_ignore_ascii_case(n)));
         }
         if !self.info.phases.contains(Phases::REQUEST) {
             return Action::default();
@@ -598,6 +603,37 @@ mod tests {
         assert!(h.on_response(ResponseHead::new(200)).is_empty());
         h.on_log(LogEntry::default());
         assert_eq!(h.context(), vec![("req".to_string(), "1".to_string())]);
+    }
+
+    /// Records the request headers it was shown; declares that it reads `X-Token` only.
+    struct ReadsToken;
+
+    impl Policy for ReadsToken {
+        type Config = NoConfig;
+        fn new(_: NoConfig) -> Result<Self, String> {
+            Ok(ReadsToken)
+        }
+        fn info(&self) -> PluginInfo {
+            PluginInfo::default().reads_headers(&["X-Token"])
+        }
+        fn on_request(&self, req: &Request) -> Action {
+            let seen: Vec<&str> = req.headers.iter().map(|(n, _)| n.as_str()).collect();
+            crate::context::set("seen", &seen.join(","));
+            Action::default()
+        }
+    }
+
+    #[test]
+    fn harness_shows_only_declared_headers_like_the_gateway() {
+        let mut h = Harness::<ReadsToken>::new(serde_json::json!({})).unwrap();
+        assert_eq!(h.info().request_headers, Some(vec!["x-token".to_string()]));
+        h.on_request(
+            Request::get("/")
+                .header("cookie", "a=1")
+                .header("x-token", "t")
+                .header("authorization", "Bearer b"),
+        );
+        assert_eq!(h.context_get("seen").as_deref(), Some("x-token"));
     }
 
     #[test]

@@ -111,6 +111,9 @@ impl From<wit::PluginInfo> for types::PluginInfo {
                 on_response: i.phases.contains(wit::Phases::ON_RESPONSE),
                 on_log: i.phases.contains(wit::Phases::ON_LOG),
             },
+            request_headers: i
+                .request_headers
+                .map(|names| names.iter().map(|n| n.to_ascii_lowercase()).collect()),
         }
     }
 }

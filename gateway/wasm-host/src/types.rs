@@ -5,7 +5,7 @@
 pub type Fields = Vec<(String, String)>;
 
 /// What a plugin declared from `init`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PluginInfo {
     /// Buffer the request body and pass it to `on_request`.
     pub needs_request_body: bool,
@@ -13,6 +13,8 @@ pub struct PluginInfo {
     pub needs_response_body: bool,
     /// The phases the host calls; the others are skipped without entering the guest.
     pub phases: Phases,
+    /// The request headers `on_request` reads, lower-case (`None`: all of them).
+    pub request_headers: Option<Vec<String>>,
 }
 
 /// The request phases a plugin implements (WIT `phases` flags).

@@ -53,7 +53,10 @@ impl Policy for Acl {
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::default().phases(Phases::REQUEST)
+        // Decides from the context the auth plugin filled in; no request header is needed.
+        PluginInfo::default()
+            .phases(Phases::REQUEST)
+            .reads_headers(&[])
     }
 
     fn on_request(&self, _req: &Request) -> Action {

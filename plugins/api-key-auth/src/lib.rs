@@ -168,7 +168,10 @@ impl Policy for ApiKeyAuth {
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::default().phases(Phases::REQUEST)
+        let reads: Vec<&str> = self.header.as_deref().into_iter().collect();
+        PluginInfo::default()
+            .phases(Phases::REQUEST)
+            .reads_headers(&reads)
     }
 
     fn on_request(&self, req: &Request) -> Action {

@@ -155,7 +155,9 @@ impl Policy for BasicAuth {
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::default().phases(Phases::REQUEST)
+        PluginInfo::default()
+            .phases(Phases::REQUEST)
+            .reads_headers(&["authorization"])
     }
 
     fn on_request(&self, req: &Request) -> Action {

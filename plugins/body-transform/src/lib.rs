@@ -208,6 +208,7 @@ impl Policy for BodyTransform {
             needs_request_body: !self.request.is_empty(),
             needs_response_body: !self.response.is_empty(),
             phases,
+            request_headers: Some(vec!["content-type".to_string()]),
         }
     }
 
@@ -260,6 +261,7 @@ mod tests {
                 needs_request_body: true,
                 needs_response_body: false,
                 phases: Phases::REQUEST,
+                request_headers: Some(vec!["content-type".to_string()]),
             }
         );
         let a = h.on_request(Request::post("/users").json(&json!({
@@ -316,6 +318,7 @@ mod tests {
                 needs_request_body: false,
                 needs_response_body: true,
                 phases: Phases::RESPONSE,
+                request_headers: Some(vec!["content-type".to_string()]),
             }
         );
         assert!(

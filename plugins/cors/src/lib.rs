@@ -168,7 +168,13 @@ impl Policy for Cors {
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::default().phases(Phases::REQUEST | Phases::RESPONSE)
+        PluginInfo::default()
+            .phases(Phases::REQUEST | Phases::RESPONSE)
+            .reads_headers(&[
+                "origin",
+                "access-control-request-method",
+                "access-control-request-headers",
+            ])
     }
 
     fn on_request(&self, req: &Request) -> Action {

@@ -117,9 +117,13 @@ class WitWorld(wit_world.WitWorld):
             raise Err("`methods` must be a non-empty list")
         _required, _types = list(required), dict(types)
         _methods = {str(m).upper() for m in methods}
-        # Only on-request does anything: the gateway skips the other phases.
+        # Only on-request does anything: the gateway skips the other phases. It reads the body,
+        # never a header, so it is shown none.
         return PluginInfo(
-            needs_request_body=True, needs_response_body=False, phases=Phases.ON_REQUEST
+            needs_request_body=True,
+            needs_response_body=False,
+            phases=Phases.ON_REQUEST,
+            request_headers=[],
         )
 
     def on_request(self, req: Request) -> Action:

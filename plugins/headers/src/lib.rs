@@ -250,7 +250,8 @@ impl Policy for Headers {
         if !self.response.is_empty() {
             phases = phases | Phases::RESPONSE;
         }
-        PluginInfo::default().phases(phases)
+        // Templates read the context and request fields (`request_var`), never headers.
+        PluginInfo::default().phases(phases).reads_headers(&[])
     }
 
     fn on_request(&self, req: &Request) -> Action {

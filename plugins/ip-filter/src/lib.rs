@@ -142,7 +142,10 @@ impl Policy for IpFilter {
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::default().phases(Phases::REQUEST)
+        // The client address comes resolved from the gateway (trusted proxies included).
+        PluginInfo::default()
+            .phases(Phases::REQUEST)
+            .reads_headers(&[])
     }
 
     fn on_request(&self, req: &Request) -> Action {

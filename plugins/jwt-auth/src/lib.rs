@@ -207,7 +207,13 @@ impl Policy for JwtAuth {
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::default().phases(Phases::REQUEST)
+        let reads: &[&str] = match self.cookie {
+            Some(_) => &["authorization", "cookie"],
+            None => &["authorization"],
+        };
+        PluginInfo::default()
+            .phases(Phases::REQUEST)
+            .reads_headers(reads)
     }
 
     fn on_request(&self, req: &Request) -> Action {

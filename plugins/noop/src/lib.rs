@@ -17,7 +17,9 @@ impl Policy for Noop {
 
     /// Declares `on_request` so the gateway really calls it: the benchmarks measure one call.
     fn info(&self) -> PluginInfo {
-        PluginInfo::default().phases(Phases::REQUEST)
+        PluginInfo::default()
+            .phases(Phases::REQUEST)
+            .reads_headers(&[])
     }
 }
 
@@ -31,7 +33,12 @@ mod tests {
     #[test]
     fn continues_unchanged_and_touches_nothing() {
         let mut h = Harness::<Noop>::new(json!({})).unwrap();
-        assert_eq!(h.info(), PluginInfo::default().phases(Phases::REQUEST));
+        assert_eq!(
+            h.info(),
+            PluginInfo::default()
+                .phases(Phases::REQUEST)
+                .reads_headers(&[])
+        );
         let action = h.on_request(Request::get("/x").header("a", "b"));
         assert_eq!(action, Action::Continue(RequestEdits::default()));
         assert!(h.on_response(ResponseHead::new(200)).is_empty());

@@ -272,11 +272,17 @@ impl Policy for RateLimit {
 
     /// `on_response` only adds the `RateLimit-*` headers, so it is skipped when they are off.
     fn info(&self) -> PluginInfo {
-        PluginInfo::default().phases(if self.headers {
-            Phases::REQUEST | Phases::RESPONSE
-        } else {
-            Phases::REQUEST
-        })
+        let reads: Vec<&str> = match &self.source {
+            KeySource::Header(name) => vec![name.as_str()],
+            KeySource::Consumer | KeySource::Ip => Vec::new(),
+        };
+        PluginInfo::default()
+            .phases(if self.headers {
+                Phases::REQUEST | Phases::RESPONSE
+            } else {
+                Phases::REQUEST
+            })
+            .reads_headers(&reads)
     }
 
     fn on_request(&self, req: &Request) -> Action {
