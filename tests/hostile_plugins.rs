@@ -233,12 +233,17 @@ async fn oversized_plugin_header_edits_are_refused() {
     let up = TestUpstream::start("echo").await;
     let gw = huge_gateway(&up).await;
     let c = TestClient::new();
-    for mode in ["req-header", "resp-header", "respond-header"] {
+    for mode in [
+        "req-header",
+        "later-resp-header",
+        "resp-header",
+        "respond-header",
+    ] {
         let r = huge(&c, &gw, mode, TEN_MIB)
             .await
             .unwrap_or_else(|e| panic!("{mode}: no usable response: {e:#}"));
         policy_failed(&r, "huge", "");
-        if mode == "req-header" {
+        if mode == "req-header" || mode == "later-resp-header" {
             assert_eq!(
                 up.hits(),
                 0,

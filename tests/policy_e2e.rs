@@ -757,8 +757,8 @@ plugins = [
     let expect = [
         // headers with request operations only: on-request, nothing else.
         ("headers", [5.0, 0.0, 0.0]),
-        // rate-limit with RateLimit headers on: on-request and on-response.
-        ("rate-limit", [5.0, 5.0, 0.0]),
+        // rate-limit: on-request only; its RateLimit headers are `set-response-headers` edits.
+        ("rate-limit", [5.0, 0.0, 0.0]),
         // request-log: on-log only.
         ("request-log", [0.0, 0.0, 5.0]),
     ];
@@ -767,5 +767,58 @@ plugins = [
             assert_eq!(phase_calls(&gw, name, phase).await, want, "{name} {phase}");
         }
     }
+    gw.shutdown().await;
+}
+
+/// Response headers decided in `on-request` reach every response the request gets: the
+/// upstream's, and a later plugin's local answer; `on-response` phases see them and may change them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_headers_set_in_on_request_reach_every_answer() {
+    let up = TestUpstream::start("echo").await;
+    let toml = format!(
+        r#"{pre}
+[[routes]]
+name = "refused"
+match = {{ path_prefix = "/refused" }}
+upstream = "echo"
+plugins = [
+  {{ name = "rate-limit", wasm = {rl}, config = {{ key = "ip", limits = [{{ requests = 100, window = "60s" }}] }} }},
+  {{ name = "ip-filter", wasm = {ipf}, config = {{ deny = ["127.0.0.0/8"] }} }},
+]
+
+[[routes]]
+name = "rewritten"
+match = {{ path_prefix = "/" }}
+upstream = "echo"
+plugins = [
+  {{ name = "rate-limit", wasm = {rl}, config = {{ key = "ip", limits = [{{ requests = 100, window = "60s" }}] }} }},
+  {{ name = "headers", wasm = {hdr}, config = {{ response = {{ set = {{ "ratelimit-policy" = "hidden" }} }} }} }},
+]
+"#,
+        pre = preamble(&up.url()),
+        rl = toml_path(&plugin("rate_limit")),
+        ipf = toml_path(&plugin("ip_filter")),
+        hdr = toml_path(&plugin("headers")),
+    );
+    let gw = TestGateway::start(&toml).await;
+    let c = TestClient::new();
+    let hits = up.hits.load(Ordering::SeqCst);
+    let r = c.get(&gw.url("/refused")).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.header("ratelimit-remaining"), Some("99"));
+    assert_eq!(r.header("ratelimit-policy"), Some("100;w=60"));
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        hits,
+        "a refused request reached the upstream"
+    );
+
+    let r = c.get(&gw.url("/ok")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("ratelimit-limit"), Some("100"));
+    // Set before `on-response`, so the later plugin's response edit wins.
+    assert_eq!(r.header("ratelimit-policy"), Some("hidden"));
+    // They are response headers only: the upstream never saw them.
+    assert_eq!(upstream_header(&r, "ratelimit-limit"), None);
     gw.shutdown().await;
 }

@@ -789,6 +789,7 @@ function requestEdits(e) {{
     appendHeaders: list(e.appendHeaders),
     removeHeaders: list(e.removeHeaders),
     body: e.body == null ? null : bytes(e.body),
+    setResponseHeaders: list(e.setResponseHeaders),
   }};
 }}
 
@@ -1318,6 +1319,9 @@ fn describe(s: &mut String, before: &PolicyRequest, action: &Action) {
             }
             if let Some(b) = &e.body {
                 line(format!("body: replaced ({} bytes)", b.len()));
+            }
+            for (k, v) in &e.set_response_headers {
+                line(format!("set-response-header: {k}: {v}"));
             }
             if !changed {
                 let _ = writeln!(s, "no changes");

@@ -168,6 +168,9 @@ pub struct ChainSession {
     route: Arc<RouteRuntime>,
     sessions: Vec<Option<host::PluginSession>>,
     cx: host::RequestContext,
+    /// `set-response-headers` of each plugin's `on-request`, in chain order, until the
+    /// response exists.
+    response_headers: Vec<host::Fields>,
 }
 
 impl ChainSession {
@@ -176,6 +179,7 @@ impl ChainSession {
             route: route.clone(),
             sessions: route.plugins.iter().map(|_| None).collect(),
             cx: host::RequestContext::new(),
+            response_headers: Vec::new(),
         }
     }
 
@@ -239,14 +243,20 @@ impl ChainSession {
             };
             let result = session.on_request(cx, req).await;
             match result {
-                Ok(host::Action::Continue(edits)) => {
-                    if let Err(why) = check_edits(
+                Ok(host::Action::Continue(mut edits)) => {
+                    let checked = check_edits(
                         &edits.set_headers,
                         &edits.append_headers,
                         &edits.remove_headers,
-                    ) {
+                    )
+                    .and_then(|()| check_edits(&edits.set_response_headers, &Vec::new(), &[]));
+                    if let Err(why) = checked {
                         bad_output(&plugin, why)?;
                         continue;
+                    }
+                    if !edits.set_response_headers.is_empty() {
+                        self.response_headers
+                            .push(std::mem::take(&mut edits.set_response_headers));
                     }
                     if let Some(b) = apply_request_edits(out, edits)? {
                         buffered = Some(b);
@@ -293,6 +303,10 @@ impl ChainSession {
             return Ok(res);
         }
         let (mut parts, mut b) = res.into_parts();
+        // Decided in `on-request`; set first, so `on-response` phases see (and may change) them.
+        for set in std::mem::take(&mut self.response_headers) {
+            edit_headers(&mut parts.headers, set, Vec::new(), Vec::new());
+        }
         let mut buffered: Option<bytes::Bytes> = None;
         for i in 0..upto.min(self.route.plugins.len()) {
             let plugin = self.route.plugins[i].clone();

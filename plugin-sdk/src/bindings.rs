@@ -104,6 +104,7 @@ impl From<sdk::Action> for wit::Action {
                 append_headers: e.append_headers,
                 remove_headers: e.remove_headers,
                 body: e.body,
+                set_response_headers: e.set_response_headers,
             }),
             sdk::Action::Respond(r) => wit::Action::Respond(wit::Response {
                 status: r.status,

@@ -79,6 +79,8 @@ pub struct RequestEdits {
     pub append_headers: Fields,
     pub remove_headers: Vec<String>,
     pub body: Option<Vec<u8>>,
+    /// Set on the response before any `on_response` runs (saves the plugin an `on_response`).
+    pub set_response_headers: Fields,
 }
 
 /// A complete response produced by a plugin instead of proxying.

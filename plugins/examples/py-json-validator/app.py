@@ -71,6 +71,7 @@ def _continue() -> Action:
             append_headers=[],
             remove_headers=[],
             body=None,
+            set_response_headers=[],
         )
     )
 

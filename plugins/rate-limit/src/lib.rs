@@ -148,11 +148,6 @@ pub struct RateLimit {
     policy_header: String,
 }
 
-// Context keys carrying the allowed decision from `on_request` to `on_response`.
-const CTX_LIMIT: &str = "ratelimit.limit";
-const CTX_REMAINING: &str = "ratelimit.remaining";
-const CTX_RESET: &str = "ratelimit.reset";
-
 /// Whole seconds, rounded up (a client waiting the rounded-down value would be refused again).
 fn ceil_secs(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000).try_into().unwrap_or(u64::MAX)
@@ -276,12 +271,9 @@ impl Policy for RateLimit {
             KeySource::Header(name) => vec![name.as_str()],
             KeySource::Consumer | KeySource::Ip => Vec::new(),
         };
+        // No `on_response`: the RateLimit headers travel as `set_response_header` edits.
         PluginInfo::default()
-            .phases(if self.headers {
-                Phases::REQUEST | Phases::RESPONSE
-            } else {
-                Phases::REQUEST
-            })
+            .phases(Phases::REQUEST)
             .reads_headers(&reads)
     }
 
@@ -321,30 +313,15 @@ impl Policy for RateLimit {
                 tightest = Some(decision);
             }
         }
-        if let (true, Some(d)) = (self.headers, tightest) {
-            context::set(CTX_LIMIT, &d.limit.to_string());
-            context::set(CTX_REMAINING, &d.remaining.to_string());
-            context::set(CTX_RESET, &ceil_secs(d.reset).to_string());
+        match (self.headers, tightest) {
+            (true, Some(d)) => RequestEdits::default()
+                .set_response_header("ratelimit-limit", &d.limit.to_string())
+                .set_response_header("ratelimit-remaining", &d.remaining.to_string())
+                .set_response_header("ratelimit-reset", &ceil_secs(d.reset).to_string())
+                .set_response_header("ratelimit-policy", &self.policy_header)
+                .into(),
+            _ => Action::next(),
         }
-        Action::next()
-    }
-
-    fn on_response(&self, _resp: &ResponseHead) -> ResponseEdits {
-        if !self.headers {
-            return ResponseEdits::default();
-        }
-        let (Some(limit), Some(remaining), Some(reset)) = (
-            context::get(CTX_LIMIT),
-            context::get(CTX_REMAINING),
-            context::get(CTX_RESET),
-        ) else {
-            return ResponseEdits::default();
-        };
-        ResponseEdits::default()
-            .set_header("ratelimit-limit", &limit)
-            .set_header("ratelimit-remaining", &remaining)
-            .set_header("ratelimit-reset", &reset)
-            .set_header("ratelimit-policy", &self.policy_header)
     }
 }
 
@@ -381,14 +358,17 @@ mod tests {
         let mut h = harness(json!({ "key": "ip", "limits": [{ "requests": 2, "window": "10s" }] }));
         for expected_remaining in ["1", "0"] {
             let a = h.on_request(Request::get("/").client_ip("10.0.0.1"));
-            assert!(a.is_continue());
-            let e = h.on_response(ResponseHead::new(200));
-            assert_eq!(e.set_header_value("ratelimit-limit"), Some("2"));
+            let e = a.edits().unwrap();
+            assert_eq!(e.response_header_value("ratelimit-limit"), Some("2"));
             assert_eq!(
-                e.set_header_value("ratelimit-remaining"),
+                e.response_header_value("ratelimit-remaining"),
                 Some(expected_remaining)
             );
-            assert_eq!(e.set_header_value("ratelimit-policy"), Some("2;w=10"));
+            assert!(e.response_header_value("ratelimit-reset").is_some());
+            assert_eq!(e.response_header_value("ratelimit-policy"), Some("2;w=10"));
+            // Nothing else changes: the request goes on untouched, no context written.
+            assert!(e.set_headers.is_empty() && e.remove_headers.is_empty());
+            assert!(h.context().is_empty());
         }
         let a = h.on_request(Request::get("/").client_ip("10.0.0.1"));
         let r = a.response().unwrap();
@@ -397,8 +377,8 @@ mod tests {
         assert_eq!(r.header("retry-after"), Some("5"));
         assert_eq!(r.header("ratelimit-remaining"), Some("0"));
         assert_eq!(r.header("ratelimit-reset"), Some("10"));
-        // The 429 path leaves no decision in context, so on_response adds nothing.
-        assert!(h.on_response(ResponseHead::new(429)).is_empty());
+        // One guest call per request: no `on_response` phase.
+        assert!(!h.policy().info().phases.contains(Phases::RESPONSE));
         assert_eq!(MockHost::counter_total("rate_limit_denied_total"), 1);
         // Another client is unaffected.
         assert!(
@@ -436,8 +416,9 @@ mod tests {
         assert_eq!(names, ["1s", "hourly"]);
         assert_eq!(calls[0].1, "route:api|consumer:alice");
         assert_eq!(calls[1].2.window, Duration::from_secs(3600));
-        assert_eq!(h.context_get(CTX_REMAINING).as_deref(), Some("2"));
-        assert_eq!(h.context_get(CTX_LIMIT).as_deref(), Some("3"));
+        let e = a.edits().unwrap();
+        assert_eq!(e.response_header_value("ratelimit-remaining"), Some("2"));
+        assert_eq!(e.response_header_value("ratelimit-limit"), Some("3"));
         for _ in 0..2 {
             h.on_request_with_context(Request::get("/").route("api"), &[("consumer", "alice")]);
         }
@@ -487,8 +468,8 @@ mod tests {
         MockHost::rate_limit_fail(Some("redis down"));
         let mut open =
             harness(json!({ "key": "ip", "limits": [{ "requests": 1, "window": "1s" }] }));
-        assert!(open.on_request(Request::get("/")).is_continue());
-        assert!(open.on_response(ResponseHead::new(200)).is_empty());
+        let a = open.on_request(Request::get("/"));
+        assert!(a.edits().unwrap().is_empty());
         assert_eq!(MockHost::logs()[0].field("error"), Some("redis down"));
         let mut closed = harness(json!({
             "key": "ip", "on_limiter_error": "deny", "limits": [{ "requests": 1, "window": "1s" }]
@@ -508,9 +489,7 @@ mod tests {
         let mut h = harness(
             json!({ "key": "ip", "headers": false, "limits": [{ "requests": 5, "window": "1s" }] }),
         );
-        assert!(h.on_request(Request::get("/")).is_continue());
-        assert!(h.context().is_empty());
-        assert!(h.on_response(ResponseHead::new(200)).is_empty());
+        assert!(h.on_request(Request::get("/")).edits().unwrap().is_empty());
     }
 
     #[test]
