@@ -32,6 +32,8 @@ pub struct FramingObserver<S> {
     inner: S,
     state: State,
     flag: Arc<AtomicBool>,
+    /// Request heads seen; parking needs at least one (an HTTP/1 connection, not HTTP/2).
+    heads: u64,
 }
 
 impl<S> FramingObserver<S> {
@@ -40,7 +42,13 @@ impl<S> FramingObserver<S> {
             inner,
             state: State::Head(Vec::new()),
             flag,
+            heads: 0,
         }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 
     fn feed(&mut self, mut data: &[u8]) {
@@ -53,6 +61,7 @@ impl<S> FramingObserver<S> {
             {
                 let end = pos + 4;
                 self.state = self.after_head(&data[..end]);
+                self.heads += 1;
                 data = &data[end..];
                 continue;
             }
@@ -73,6 +82,7 @@ impl<S> FramingObserver<S> {
                             let head = std::mem::take(buf);
                             data = &data[used..];
                             self.state = self.after_head(&head[..end]);
+                            self.heads += 1;
                         }
                         None if buf.len() > MAX_HEAD => {
                             self.state = State::Off;
@@ -194,6 +204,15 @@ impl<S> FramingObserver<S> {
                 None => State::Off,
             }
         }
+    }
+}
+
+impl<S> crate::park::MessageBoundary for FramingObserver<S> {
+    /// Between HTTP/1 requests: at least one head seen, the last message (head and body) read
+    /// whole, no byte of the next one read. Never once observing stopped (HTTP/2, upgrades,
+    /// framing hyper will refuse).
+    fn at_message_start(&self) -> bool {
+        self.heads > 0 && matches!(&self.state, State::Head(buf) if buf.is_empty())
     }
 }
 

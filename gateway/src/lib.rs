@@ -20,6 +20,7 @@ pub mod demo;
 pub mod error;
 pub mod framing;
 pub mod metrics;
+pub mod park;
 pub mod plugin_cli;
 pub mod policy;
 pub mod proxy;

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub target_healthy: Family<TargetLabel, Gauge>,
     pub target_in_flight: Family<TargetLabel, Gauge>,
     pub connections: Family<ListenerLabel, Gauge>,
+    /// Idle HTTP/1 connections parked without hyper's buffers (a subset of `connections`).
+    pub parked: Family<ListenerLabel, Gauge>,
     pub reloads: Family<ResultLabel, Counter>,
     pub aggregate_calls: Family<AggregateLabel, Counter>,
     pub aggregate_latency: Family<RouteLabel, Histogram>,
@@ -112,6 +114,7 @@ impl Metrics {
         let target_healthy = Family::<TargetLabel, Gauge>::default();
         let target_in_flight = Family::<TargetLabel, Gauge>::default();
         let connections = Family::<ListenerLabel, Gauge>::default();
+        let parked = Family::<ListenerLabel, Gauge>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let aggregate_calls = Family::<AggregateLabel, Counter>::default();
         let aggregate_latency = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
@@ -154,6 +157,11 @@ impl Metrics {
             connections.clone(),
         );
         r.register(
+            "connections_parked",
+            "Idle HTTP/1 client connections waiting for a request without buffers",
+            parked.clone(),
+        );
+        r.register(
             "config_reloads",
             "Config reloads by result",
             reloads.clone(),
@@ -178,6 +186,7 @@ impl Metrics {
             target_healthy,
             target_in_flight,
             connections,
+            parked,
             reloads,
             registry: Mutex::new(r),
         }

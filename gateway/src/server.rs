@@ -1,19 +1,26 @@
 //! Listeners: accept loop, connection cap, TLS termination, HTTP/1.1 + HTTP/2 (ALPN or h2c prior
 //! knowledge) with edge limits, and graceful drain.
 
+use crate::body::ProxyBody;
 use crate::config::{Limits, Listener};
 use crate::framing::FramingObserver;
+use crate::park::{GuardedBody, InFlight, ParkIo, Parked, Requests};
 use crate::proxy::{self, ConnInfo};
 use crate::state::Gateway;
 use crate::tls::{CertPair, TlsSettings, TlsTerminator};
-use hyper::service::service_fn;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
+use prometheus_client::metrics::gauge::Gauge;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 /// TLS handshakes that take longer than this are dropped (slowloris on the handshake).
@@ -76,18 +83,115 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The hyper service of one connection: the proxy, with each response body holding its
+/// request's [`InFlight`] (so an idle connection can tell it has nothing left to send).
+#[derive(Clone)]
+struct ConnService {
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    requests: Arc<Requests>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<GuardedBody<ProxyBody>>;
+    type Error = Infallible;
+    // Boxed: hyper keeps a slot the size of the service future for the whole connection, and
+    // the request path's future is tens of KiB (see benches/README.md, idle connections).
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let guard = InFlight::new(&self.requests);
+        let fut = proxy::handle(self.gw.clone(), self.conn.clone(), req);
+        Box::pin(async move {
+            let res = fut.await?;
+            Ok(res.map(|b| GuardedBody::new(b, guard)))
+        })
+    }
+}
+
+/// A cleartext connection's stream, kept across its parked sessions (see [`crate::park`]).
+type PlainStream = FramingObserver<TcpStream>;
+
+/// Resolves once the listener drains (never if its sender is gone).
+async fn draining(drain: &mut watch::Receiver<bool>) {
+    if drain.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs one hyper connection; when the listener drains it is asked to finish gracefully
+/// (`Connection: close` / GOAWAY after the requests in flight).
+async fn drive<C>(mut conn: Pin<Box<C>>, drain: &mut watch::Receiver<bool>) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        () = draining(drain) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// Serves a cleartext connection: hyper sessions, with the socket parked alone in between
+/// while the client is idle (see [`crate::park`]). `idle` bounds the wait for a request.
+async fn serve_plain(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: PlainStream,
+    svc: ConnService,
+    idle: Duration,
+    mut drain: watch::Receiver<bool>,
+    parked: Gauge,
+) {
+    let slot: Arc<Parked<PlainStream>> = Arc::new(Parked::default());
+    let mut next = Some(stream);
+    let mut first = true;
+    while let Some(stream) = next.take() {
+        if !first {
+            parked.inc();
+        }
+        let ready = tokio::select! {
+            r = tokio::time::timeout(idle, stream.get_ref().readable()) => matches!(r, Ok(Ok(()))),
+            () = draining(&mut drain) => false,
+        };
+        if !first {
+            parked.dec();
+        }
+        first = false;
+        if !ready {
+            return;
+        }
+        let io = ParkIo::new(stream, svc.requests.clone(), slot.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc.clone())
+            .into_owned();
+        if let Err(e) = drive(Box::pin(conn), &mut drain).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+            return;
+        }
+        next = slot.take();
+    }
+}
+
 /// Serves one listener until `shutdown` flips, then drains its connections within the deadline.
 pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::Receiver<bool>) {
     let limits = gw.table().config.limits.clone();
     let builder = Arc::new(http_builder(&limits));
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX >> 4);
+    let permits = Arc::new(Semaphore::new(max_connections as usize));
     let name: Arc<str> = Arc::from(bound.spec.name.as_str());
     let scheme = if bound.tls.is_some() { "https" } else { "http" };
     let _watch = bound.tls.as_ref().map(|t| t.watch());
     let conns = gw
         .metrics
         .connections
+        .get_or_create(&crate::metrics::ListenerLabel {
+            listener: bound.spec.name.clone(),
+        })
+        .clone();
+    let parked = gw
+        .metrics
+        .parked
         .get_or_create(&crate::metrics::ListenerLabel {
             listener: bound.spec.name.clone(),
         })
@@ -117,35 +221,28 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
             listener: name.clone(),
             ambiguous_framing: flag.clone(),
         });
-        let gw2 = gw.clone();
-        // Boxed: hyper keeps a slot the size of the service future for the whole connection, and
-        // the request path's future is tens of KiB; idle keep-alive connections then hold a
-        // pointer instead (see benches/README.md, idle connections).
-        let svc = service_fn(move |req| Box::pin(proxy::handle(gw2.clone(), conn.clone(), req)));
+        let svc = ConnService {
+            gw: gw.clone(),
+            conn,
+            requests: Arc::new(Requests::default()),
+        };
         let builder = builder.clone();
         let conns = conns.clone();
+        let parked = parked.clone();
+        let mut drain = shutdown.clone();
         conns.inc();
         match &bound.tls {
             None => {
-                let fut = graceful.watch(
-                    builder
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(FramingObserver::new(stream, flag)),
-                            svc,
-                        )
-                        .into_owned(),
-                );
+                let observed = FramingObserver::new(stream, flag);
+                let idle = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = fut.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
+                    serve_plain(builder, observed, svc, idle, drain, parked).await;
                     conns.dec();
                     drop(permit);
                 });
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
-                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
@@ -156,7 +253,7 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
                                     svc,
                                 )
                                 .into_owned();
-                            if let Err(e) = watcher.watch(conn).await {
+                            if let Err(e) = drive(Box::pin(conn), &mut drain).await {
                                 tracing::debug!(error = %e, "TLS connection ended with an error");
                             }
                         }
@@ -171,7 +268,8 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
     }
     drop(bound.listener);
     tracing::info!(listener = %name, "stopped accepting; draining");
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    // Every connection task holds a permit until it ends: all of them back means drained.
+    if tokio::time::timeout(limits.drain_timeout, permits.acquire_many(max_connections))
         .await
         .is_err()
     {

@@ -1,0 +1,255 @@
+//! Idle HTTP/1 keep-alive connections parked without hyper's buffers.
+//!
+//! hyper's HTTP/1 connection keeps an 8 KiB read and an 8 KiB write buffer (plus its state) for
+//! as long as it lives, and it lives for the whole keep-alive connection. nginx frees a
+//! connection's request buffers while it waits for the next request; Weir does the same. When a
+//! cleartext HTTP/1 connection has been idle for [`PARK_AFTER`] (every request answered, every
+//! byte read so far part of a complete request, nothing more to read), [`ParkIo`] reports
+//! end-of-stream to hyper. hyper then finishes that connection as a client close at a message
+//! boundary (it flushes what it has written, then calls `poll_shutdown`, which [`ParkIo`] turns
+//! into a no-op) and drops its buffers, but the socket is handed back through [`Parked`]. The
+//! connection task waits for the socket to become readable, holding nothing else, and starts a
+//! new hyper connection on it for the next request.
+//!
+//! "Every request answered" is counted by [`InFlight`] guards: one per request, held by the
+//! response body until hyper has written (or dropped) it. "Every byte part of a complete
+//! request" is the [`FramingObserver`](crate::framing::FramingObserver)'s
+//! [`MessageBoundary`]: it follows the framing of every byte hyper read, so a connection with a
+//! partly read request or body, or an HTTP/2 or upgraded one, is never parked.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// How long a connection stays idle inside hyper before it is parked. Busy keep-alive clients
+/// (a request every few ms) never reach it, so they never pay for re-creating hyper's state.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// Whether all bytes read so far belong to complete messages (no partial request or body).
+pub trait MessageBoundary {
+    fn at_message_start(&self) -> bool;
+}
+
+/// The requests being answered on one connection.
+#[derive(Default)]
+pub struct Requests {
+    inflight: AtomicUsize,
+}
+
+/// One request being answered; dropped when its response body is done (or dropped).
+pub struct InFlight(Arc<Requests>);
+
+impl InFlight {
+    pub fn new(requests: &Arc<Requests>) -> Self {
+        requests.inflight.fetch_add(1, Ordering::AcqRel);
+        Self(requests.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where a parking session leaves its stream for the connection task.
+pub struct Parked<S>(Mutex<Option<S>>);
+
+impl<S> Default for Parked<S> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<S> Parked<S> {
+    /// The stream of a session that parked (once its hyper connection was dropped).
+    pub fn take(&self) -> Option<S> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn put(&self, s: S) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until hyper is done with it.
+pub struct GuardedBody<B> {
+    inner: B,
+    _guard: InFlight,
+}
+
+impl<B> GuardedBody<B> {
+    pub fn new(inner: B, guard: InFlight) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for GuardedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The IO of one hyper session on a parkable connection (see the module docs).
+pub struct ParkIo<S> {
+    io: Option<S>,
+    requests: Arc<Requests>,
+    slot: Arc<Parked<S>>,
+    /// Reads that returned data; the idle clock checks none happened while it ran.
+    reads: u64,
+    /// The idle clock, armed at the first read that had to wait, with the read count then.
+    clock: Option<(Pin<Box<Sleep>>, u64)>,
+    parked: bool,
+}
+
+impl<S> ParkIo<S> {
+    pub fn new(io: S, requests: Arc<Requests>, slot: Arc<Parked<S>>) -> Self {
+        Self {
+            io: Some(io),
+            requests,
+            slot,
+            reads: 0,
+            clock: None,
+            parked: false,
+        }
+    }
+
+    /// On a read that has to wait: true if the connection may park now, i.e. nothing was read
+    /// for a whole [`PARK_AFTER`] period and it is idle. The clock wakes the task when a period
+    /// ends (so an idle connection is looked at again even if hyper would not read), and is
+    /// polled only when armed: a busy connection pays a flag check per read and one timer reset
+    /// per period.
+    fn may_park(&mut self, cx: &mut Context<'_>, idle: bool) -> bool {
+        let reads = self.reads;
+        if let Some((sleep, armed_at)) = &mut self.clock {
+            if !sleep.is_elapsed() {
+                return false;
+            }
+            if *armed_at == reads && idle {
+                return true;
+            }
+            *armed_at = reads;
+            sleep.as_mut().reset(Instant::now() + PARK_AFTER);
+            // Registers this task's waker with the timer (a period is never over at once).
+            let _ = sleep.as_mut().poll(cx);
+            return false;
+        }
+        let mut sleep = Box::pin(tokio::time::sleep_until(Instant::now() + PARK_AFTER));
+        let _ = sleep.as_mut().poll(cx);
+        self.clock = Some((sleep, reads));
+        false
+    }
+}
+
+impl<S> Drop for ParkIo<S> {
+    fn drop(&mut self) {
+        if self.parked
+            && let Some(io) = self.io.take()
+        {
+            self.slot.put(io);
+        }
+    }
+}
+
+impl<S: AsyncRead + MessageBoundary + Unpin> AsyncRead for ParkIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.parked {
+            return Poll::Ready(Ok(()));
+        }
+        let Some(io) = this.io.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut *io).poll_read(cx, buf);
+        match &poll {
+            Poll::Pending => {
+                let idle =
+                    io.at_message_start() && this.requests.inflight.load(Ordering::Acquire) == 0;
+                if this.may_park(cx, idle) {
+                    // End-of-stream for hyper, not for the client: see the module docs.
+                    this.parked = true;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.reads += 1,
+            Poll::Ready(_) => {}
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ParkIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_write(cx, data),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A parked session's end is not the connection's: the socket stays open.
+        if self.parked {
+            return Poll::Ready(Ok(()));
+        }
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}

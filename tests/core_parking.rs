@@ -1,0 +1,205 @@
+//! Idle HTTP/1 keep-alive connections are parked without hyper's buffers (`gateway/src/park.rs`)
+//! and resumed on the next request: on the same socket, with nothing lost or cut. Parking is
+//! seen on `/metrics` (`weir_connections_parked`).
+
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weir_testkit::extra_a::{metric, scrape};
+use weir_testkit::extra_b::{RawResponse, parse_responses};
+use weir_testkit::extra_c::preamble;
+use weir_testkit::{TestGateway, TestUpstream, UpstreamBehavior};
+
+/// Longer than the gateway's park delay (250 ms) plus one period of its idle clock.
+const PARKED_AFTER: Duration = Duration::from_secs(3);
+
+async fn gateway(up: &TestUpstream, limits: &str) -> TestGateway {
+    TestGateway::start(&format!(
+        r#"{pre}
+[limits]
+{limits}
+
+[[routes]]
+name = "all"
+match = {{ path_prefix = "/" }}
+upstream = "echo"
+"#,
+        pre = preamble(&up.url())
+    ))
+    .await
+}
+
+async fn parked(gw: &TestGateway) -> f64 {
+    metric(
+        &scrape(gw).await,
+        "weir_connections_parked",
+        &[("listener", "public")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Waits until `/metrics` shows `want` parked connections; false after `PARKED_AFTER`.
+async fn parked_becomes(gw: &TestGateway, want: f64) -> bool {
+    let deadline = Instant::now() + PARKED_AFTER;
+    while Instant::now() < deadline {
+        if parked(gw).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Reads from `s` until `n` complete responses (by Content-Length) have arrived.
+async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<RawResponse> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = parse_responses(&buf);
+        let complete = got.len() >= n
+            && got.iter().all(|r| {
+                r.header("content-length")
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .is_some_and(|len| len == r.body.len())
+            });
+        if complete {
+            return got;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) => panic!(
+                "connection closed after {} bytes: {}",
+                buf.len(),
+                String::from_utf8_lossy(&buf)
+            ),
+            Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
+            Ok(Err(e)) => panic!("read failed: {e}"),
+            Err(_) => panic!(
+                "no {n} complete responses in 10 s: {}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: park.test\r\n\r\n")
+}
+
+/// The echo upstream reports the path it was asked for.
+fn echoed_path(r: &RawResponse) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    v["path"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_parks_and_serves_its_next_requests() {
+    let up = TestUpstream::start("echo").await;
+    let gw = gateway(&up, "").await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    // A connection that has not sent a request yet is not counted as parked.
+    assert_eq!(parked(&gw).await, 0.0);
+
+    s.write_all(get("/first").as_bytes()).await.unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert_eq!((r[0].status, echoed_path(&r[0]).as_str()), (200, "/first"));
+    assert!(
+        parked_becomes(&gw, 1.0).await,
+        "the idle connection was not parked"
+    );
+
+    // The same socket serves the next request, and two pipelined ones, in order.
+    s.write_all(get("/second").as_bytes()).await.unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert_eq!((r[0].status, echoed_path(&r[0]).as_str()), (200, "/second"));
+    assert!(parked_becomes(&gw, 1.0).await, "not parked again");
+    s.write_all(format!("{}{}", get("/third"), get("/fourth")).as_bytes())
+        .await
+        .unwrap();
+    let r = read_responses(&mut s, 2).await;
+    let paths: Vec<_> = r.iter().map(|r| (r.status, echoed_path(r))).collect();
+    assert_eq!(
+        paths,
+        [(200, "/third".to_string()), (200, "/fourth".to_string())]
+    );
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 4);
+
+    // A client closing a parked connection is seen at once.
+    assert!(parked_becomes(&gw, 1.0).await);
+    drop(s);
+    assert!(
+        parked_becomes(&gw, 0.0).await,
+        "a closed connection stayed parked"
+    );
+    gw.shutdown().await;
+}
+
+/// Parking only ever happens between whole requests: not while a response is still coming,
+/// not inside a request head or body the client is slow to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_responses_and_slow_requests_are_never_parked_mid_message() {
+    let up = TestUpstream::start_with(
+        "echo",
+        UpstreamBehavior {
+            delay: Duration::from_millis(1200),
+            ..Default::default()
+        },
+    )
+    .await;
+    let gw = gateway(&up, "").await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+
+    // 1. A response that takes longer than the park delay arrives whole.
+    s.write_all(get("/slow/1").as_bytes()).await.unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert_eq!((r[0].status, echoed_path(&r[0]).as_str()), (200, "/slow/1"));
+
+    // 2. A head sent in two parts, a long pause between them.
+    s.write_all(b"GET /split-head HTTP/1.1\r\nHost: par")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(parked(&gw).await, 0.0, "parked inside a request head");
+    s.write_all(b"k.test\r\n\r\n").await.unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert_eq!(
+        (r[0].status, echoed_path(&r[0]).as_str()),
+        (200, "/split-head")
+    );
+
+    // 3. A body sent in two parts, a long pause between them.
+    s.write_all(b"POST /split-body HTTP/1.1\r\nHost: park.test\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(parked(&gw).await, 0.0, "parked inside a request body");
+    s.write_all(b"world").await.unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert_eq!(r[0].status, 200);
+    let echoed: serde_json::Value = serde_json::from_slice(&r[0].body).unwrap();
+    assert_eq!(echoed["body_len"], 10, "{echoed}");
+    gw.shutdown().await;
+}
+
+/// A parked connection still has the keep-alive idle limit (`header_read_timeout`): the gateway
+/// closes it, and no longer counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_closed_at_the_idle_timeout() {
+    let up = TestUpstream::start("echo").await;
+    let gw = gateway(&up, r#"header_read_timeout = "2s""#).await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(get("/once").as_bytes()).await.unwrap();
+    read_responses(&mut s, 1).await;
+    assert!(parked_becomes(&gw, 1.0).await);
+    let started = Instant::now();
+    let mut b = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+        .await
+        .expect("the parked connection was never closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "expected end-of-stream, got {n} bytes");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(parked_becomes(&gw, 0.0).await);
+    gw.shutdown().await;
+}
