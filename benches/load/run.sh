@@ -29,10 +29,14 @@
 #   CONTENDERS  subset of: direct nginx haproxy weir-plain weir-noop weir-chain weir-chain-scoped
 #               (tls: no direct)
 #   BODY_BYTES  upstream body size (default 1024)
+#   IDLE_CONNS  plain mode: after the rounds, memory of this many idle keep-alive connections for
+#               nginx and weir-plain (idle_conns.py; default 10000, 0 skips it). HAProxy is left
+#               out: 10,000 connections need maxconn 10000, i.e. ~20,000 fds, the hard limit here.
 #   CERT_ALG    tls mode certificate: rsa (RSA-2048, default) | ec (ECDSA P-256)
 #   NO_BUILD=1  do not run cargo (use the binaries already built)
 #   WEIR_BIN    gateway binary (default $CARGO_TARGET_DIR/release/weir, else target/release/weir)
 #   WEIR_ARGS   its arguments, @CONFIG@ replaced by the rendered config (default "run -c @CONFIG@")
+#   WEIR_ENV    extra environment for it, e.g. "MIMALLOC_PURGE_DELAY=0" (default none)
 #   PLUGIN_DIR  where the .wasm policies are (default plugins/target/wasm32-wasip2/release)
 #   OUT         report path (default benches/load/results[-tls]-<date>.md)
 #   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk output) and print its path
@@ -51,6 +55,7 @@ ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-"64 8"}
 BODY_BYTES=${BODY_BYTES:-1024}
 NO_BUILD=${NO_BUILD:-0}
+IDLE_CONNS=${IDLE_CONNS:-10000}
 KEEP_TMP=${KEEP_TMP:-0}
 PROXY_CPU=0
 LOAD_CPU=1
@@ -60,6 +65,7 @@ NGINX_PORT=${NGINX_PORT:-18081}
 HAPROXY_PORT=${HAPROXY_PORT:-18082}
 WEIR_BIN=${WEIR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/weir}
 WEIR_ARGS=${WEIR_ARGS:-"run -c @CONFIG@"}
+WEIR_ENV=${WEIR_ENV:-}
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/plugins/target/wasm32-wasip2/release}
 BENCH_TARGET=$ROOT/target/bench-tools
 UPSTREAM_BIN=$BENCH_TARGET/release/hello-upstream
@@ -437,7 +443,8 @@ start_contender() {
         }
         args=${WEIR_ARGS//@CONFIG@/$cfg}
         # shellcheck disable=SC2086 # WEIR_ARGS is a word list on purpose
-        taskset -c "$PROXY_CPU" env RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
+        # shellcheck disable=SC2086 # WEIR_ENV too
+        taskset -c "$PROXY_CPU" env RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 $WEIR_ENV \
             "$WEIR_BIN" $args >"$logf" 2>&1 &
         [[ $c == weir-chain* ]] && WRK_HEADERS=(-H "Authorization: Bearer $TOKEN")
         ;;
@@ -525,6 +532,41 @@ run_one() {
     log "round $round $scenario c$conns $c: $rps rps, p50 ${p50} ms, p99 ${p99} ms, ${cpu} CPU-ms/1k, ${rss} MiB$warn"
 }
 
+# Memory of IDLE_CONNS idle keep-alive connections (benches/load/idle_conns.py) for one contender.
+IDLE_TSV=$TMP/idle.tsv
+run_idle() {
+    local c=$1 out pids
+    [[ -z ${SKIP[$c]:-} ]] || return 0
+    log "idle connections: $IDLE_CONNS on $c ..."
+    SCENARIO=idle
+    start_contender "$c" || return 0
+    pids=$(pid_tree "$PROXY_PID" | paste -sd, -)
+    local hostport=${URL#http://}
+    out=$(python3 "$HERE/idle_conns.py" "$pids" "${hostport%/}" "$IDLE_CONNS" 5 | tail -n 1) ||
+        log "idle_conns.py failed on $c"
+    stop_contender "$c"
+    [[ $out == RESULT* ]] || return 0
+    log "idle connections on $c: $out"
+    printf '%s\t%s\n' "$c" "${out#RESULT }" >>"$IDLE_TSV"
+}
+
+# The idle-connection section of the report (nothing if no contender was measured).
+idle_report() {
+    [[ -s $IDLE_TSV ]] || return 0
+    echo
+    echo "## $IDLE_CONNS idle keep-alive connections"
+    echo
+    echo "\`benches/load/idle_conns.py\`: one request on each connection, then idle. RSS summed over the"
+    echo "proxy's processes; per connection = (RSS after 5 s idle − RSS before) / connections."
+    echo
+    echo "| contender | opened / still open | RSS before MiB | after 1 s | after 5 s | after 100 more requests | KiB per connection (5 s) |"
+    echo "|---|---|---|---|---|---|---|"
+    awk -F'\t' '{
+        split($2, v, " ")
+        printf "| %s | %d / %d | %.1f | %.1f | %.1f | %.1f | %.2f |\n", $1, v[1], v[2], v[3]/1024, v[4]/1024, v[5]/1024, v[6]/1024, (v[5]-v[3])/(v[1] ? v[1] : 1)
+    }' "$IDLE_TSV"
+}
+
 # ---------------------------------------------------------------------------------------------
 main() {
     install_tools
@@ -567,6 +609,12 @@ main() {
         done
     done
 
+    if [[ $MODE == plain && $IDLE_CONNS -gt 0 ]]; then
+        for c in nginx weir-plain; do
+            [[ " $CONTENDERS " == *" $c "* ]] && run_idle "$c"
+        done
+    fi
+
     local meta="$TMP/meta.md" commit
     commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     git -C "$ROOT" diff --quiet HEAD -- gateway plugins 2>/dev/null || commit+=" (+ uncommitted changes)"
@@ -581,6 +629,7 @@ main() {
         [[ $MODE == tls ]] && echo "Scenarios \"handshake\" and \"resumed\": \`Connection: close\` on every request, so RPS = new TLS connections/s (certificate: ${CERT_ALG:-rsa}). wrk offers its last session on every reconnect: in \"handshake\" each server runs with session resumption off, so every connection is a full handshake; in \"resumed\" the servers keep their defaults and connections resume."
         echo
         echo "- commit: $commit; host: $(nproc) CPUs, $(uname -r)"
+        [[ -n $WEIR_ENV ]] && echo "- Weir environment: \`$WEIR_ENV\`"
         echo "- load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the VM skews results)"
         echo "- wrk: $(wrk -v 2>&1 | head -n1 | cut -c1-60)"
         command -v nginx >/dev/null && echo "- nginx: $(nginx -v 2>&1)"
@@ -590,7 +639,10 @@ main() {
         done
         echo
     } >"$meta"
-    python3 "$HERE/summarize.py" "$RUNS_TSV" "$meta" >"$OUT"
+    {
+        python3 "$HERE/summarize.py" "$RUNS_TSV" "$meta"
+        idle_report
+    } >"$OUT"
     cat "$OUT"
     log "report written to $OUT"
 }
