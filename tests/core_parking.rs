@@ -3,10 +3,12 @@
 //! seen on `/metrics` (`weir_connections_parked`).
 
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_testkit::extra_a::{metric, scrape};
-use weir_testkit::extra_b::{RawResponse, parse_responses};
+use weir_testkit::extra_b::{
+    RawResponse, TestPki, parse_responses, tls_client_config, tls_connect,
+};
 use weir_testkit::extra_c::preamble;
 use weir_testkit::{TestGateway, TestUpstream, UpstreamBehavior};
 
@@ -51,7 +53,7 @@ async fn parked_becomes(gw: &TestGateway, want: f64) -> bool {
 }
 
 /// Reads from `s` until `n` complete responses (by Content-Length) have arrived.
-async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<RawResponse> {
+async fn read_responses<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<RawResponse> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -200,6 +202,58 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout() {
         .unwrap_or(0);
     assert_eq!(n, 0, "expected end-of-stream, got {n} bytes");
     assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(parked_becomes(&gw, 0.0).await);
+    gw.shutdown().await;
+}
+
+/// The same over TLS: the rustls session survives the park (only hyper's buffers go), and the
+/// client's next request on its TLS connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_parks_and_keeps_its_session() {
+    let up = TestUpstream::start("echo").await;
+    let pki = TestPki::new("Weir Test CA");
+    let dir = tempfile::tempdir().unwrap();
+    pki.server_cert(&["localhost"]).write(dir.path(), "site");
+    let toml = format!(
+        r#"version = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+tls = {{ certs = [{{ cert = "site.crt", key = "site.key" }}] }}
+
+[upstreams.echo]
+targets = [{{ url = "{}" }}]
+
+[[routes]]
+name = "all"
+match = {{ path_prefix = "/" }}
+upstream = "echo"
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start_in(dir, &toml).await.unwrap();
+    let cfg = tls_client_config(&[pki.ca_der()], None, &[b"http/1.1"]);
+    let mut s = tls_connect(gw.addr(), "localhost", cfg).await.unwrap();
+    // The first request goes out right behind the handshake.
+    s.write_all(get("/first").as_bytes()).await.unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert_eq!((r[0].status, echoed_path(&r[0]).as_str()), (200, "/first"));
+    for path in ["/second", "/third"] {
+        assert!(
+            parked_becomes(&gw, 1.0).await,
+            "the idle TLS connection was not parked"
+        );
+        s.write_all(get(path).as_bytes()).await.unwrap();
+        let r = read_responses(&mut s, 1).await;
+        assert_eq!((r[0].status, echoed_path(&r[0]).as_str()), (200, path));
+    }
+    // A close_notify from the client ends the parked connection.
+    assert!(parked_becomes(&gw, 1.0).await);
+    s.shutdown().await.unwrap();
     assert!(parked_becomes(&gw, 0.0).await);
     gw.shutdown().await;
 }

@@ -6,13 +6,21 @@ was opened; after SETTLE seconds idle (default 5: Weir parks a connection that h
 lazily, on later activity: mimalloc 1 s after the free). Then it checks that every connection is
 still open (an idle timeout closing some would make the figure meaningless).
 
-Usage: idle_conns.py PID[,PID...] HOST:PORT [N] [SETTLE]
+Usage: idle_conns.py PID[,PID...] HOST:PORT [N] [SETTLE]   (IDLE_TLS=1: over TLS, not verified)
 RSS is VmRSS summed over the PIDs (nginx: master and worker). Needs `ulimit -n` above N on both
 sides; loopback targets only. The last line is machine-readable:
 RESULT opened still_open rss_before_kib rss_1s_kib rss_settled_kib rss_after_activity_kib
 """
 import asyncio
+import os
+import ssl
 import sys
+
+TLS = None
+if os.environ.get("IDLE_TLS") == "1":
+    TLS = ssl.create_default_context()
+    TLS.check_hostname = False
+    TLS.verify_mode = ssl.CERT_NONE
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -28,7 +36,7 @@ def rss_kib(pids: list[int]) -> int:
 async def one(host: str, port: int, held: list) -> bool:
     """One request on a new connection, kept open in `held`; False if it failed or took 10 s."""
     try:
-        r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        r, w = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=TLS), 10)
         w.write(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         await w.drain()
         head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)

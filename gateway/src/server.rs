@@ -109,8 +109,31 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     }
 }
 
-/// A cleartext connection's stream, kept across its parked sessions (see [`crate::park`]).
-type PlainStream = FramingObserver<TcpStream>;
+/// A client stream whose socket can be waited on alone while the connection is parked.
+trait ClientSocket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+    /// False if bytes of the first request may already be buffered above the socket.
+    const FIRST_REQUEST_ON_SOCKET: bool;
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl ClientSocket for TcpStream {
+    const FIRST_REQUEST_ON_SOCKET: bool = true;
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+/// A parked TLS connection keeps its rustls session (keys, sequence numbers); only hyper's
+/// buffers go. hyper's read came back empty, so rustls holds no plaintext: what wakes the socket
+/// next is the client's next record.
+impl ClientSocket for tokio_rustls::server::TlsStream<TcpStream> {
+    /// A TLS 1.3 client sends its first request with its Finished: rustls may have read it
+    /// during the handshake.
+    const FIRST_REQUEST_ON_SOCKET: bool = false;
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
 
 /// Resolves once the listener drains (never if its sender is gone).
 async fn draining(drain: &mut watch::Receiver<bool>) {
@@ -133,34 +156,38 @@ where
     conn.await
 }
 
-/// Serves a cleartext connection: hyper sessions, with the socket parked alone in between
-/// while the client is idle (see [`crate::park`]). `idle` bounds the wait for a request.
-async fn serve_plain(
+/// Serves a client connection: hyper sessions, with the stream parked alone in between while
+/// the client is idle (HTTP/1 only; see [`crate::park`]). `idle` bounds the wait for a request.
+async fn serve_parkable<S: ClientSocket>(
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: PlainStream,
+    stream: FramingObserver<S>,
     svc: ConnService,
     idle: Duration,
     mut drain: watch::Receiver<bool>,
     parked: Gauge,
 ) {
-    let slot: Arc<Parked<PlainStream>> = Arc::new(Parked::default());
+    let slot: Arc<Parked<FramingObserver<S>>> = Arc::new(Parked::default());
     let mut next = Some(stream);
     let mut first = true;
     while let Some(stream) = next.take() {
-        if !first {
-            parked.inc();
-        }
-        let ready = tokio::select! {
-            r = tokio::time::timeout(idle, stream.get_ref().readable()) => matches!(r, Ok(Ok(()))),
-            () = draining(&mut drain) => false,
-        };
-        if !first {
-            parked.dec();
+        // Waiting for a request, holding only the stream (hyper's header timeout takes over
+        // once bytes arrive).
+        if !first || S::FIRST_REQUEST_ON_SOCKET {
+            if !first {
+                parked.inc();
+            }
+            let ready = tokio::select! {
+                r = tokio::time::timeout(idle, stream.get_ref().tcp().readable()) => matches!(r, Ok(Ok(()))),
+                () = draining(&mut drain) => false,
+            };
+            if !first {
+                parked.dec();
+            }
+            if !ready {
+                return;
+            }
         }
         first = false;
-        if !ready {
-            return;
-        }
         let io = ParkIo::new(stream, svc.requests.clone(), slot.clone());
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc.clone())
@@ -229,33 +256,27 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
         let builder = builder.clone();
         let conns = conns.clone();
         let parked = parked.clone();
-        let mut drain = shutdown.clone();
+        let drain = shutdown.clone();
         conns.inc();
         match &bound.tls {
             None => {
                 let observed = FramingObserver::new(stream, flag);
                 let idle = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    serve_plain(builder, observed, svc, idle, drain, parked).await;
+                    serve_parkable(builder, observed, svc, idle, drain, parked).await;
                     conns.dec();
                     drop(permit);
                 });
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
+                let idle = limits.header_read_timeout;
                 tokio::spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls_stream)) => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(
-                                    TokioIo::new(FramingObserver::new(tls_stream, flag)),
-                                    svc,
-                                )
-                                .into_owned();
-                            if let Err(e) = drive(Box::pin(conn), &mut drain).await {
-                                tracing::debug!(error = %e, "TLS connection ended with an error");
-                            }
+                            let observed = FramingObserver::new(tls_stream, flag);
+                            serve_parkable(builder, observed, svc, idle, drain, parked).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
