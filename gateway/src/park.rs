@@ -2,10 +2,10 @@
 //!
 //! hyper's HTTP/1 connection keeps an 8 KiB read and an 8 KiB write buffer (plus its state) for
 //! as long as it lives, and it lives for the whole keep-alive connection. nginx frees a
-//! connection's request buffers while it waits for the next request; Weir does the same. When a
-//! cleartext HTTP/1 connection has been idle for [`PARK_AFTER`] (every request answered, every
-//! byte read so far part of a complete request, nothing more to read), [`ParkIo`] reports
-//! end-of-stream to hyper. hyper then finishes that connection as a client close at a message
+//! connection's request buffers while it waits for the next request; Weir does the same. When
+//! an HTTP/1 connection (cleartext or TLS) has been idle for [`PARK_AFTER`] (every request
+//! answered, every byte read so far part of a complete request, nothing more to read),
+//! [`ParkIo`] reports end-of-stream to hyper. hyper then finishes that connection as a client close at a message
 //! boundary (it flushes what it has written, then calls `poll_shutdown`, which [`ParkIo`] turns
 //! into a no-op) and drops its buffers, but the socket is handed back through [`Parked`]. The
 //! connection task waits for the socket to become readable, holding nothing else, and starts a
