@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand};
 
 /// mimalloc: the proxy allocates small, short-lived buffers per request; glibc malloc showed up
-/// at ~8 % of CPU in profiles of the plain proxy path.
+/// at ~8 % of CPU in profiles of the plain proxy path. Its v2 line (Cargo feature `v2`): same
+/// CPU as v3 here, but it returns the buffers of parked idle connections to the OS reliably
+/// (10,000 idle connections: 66–67 MiB in repeated runs, v3 67–98 MiB).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
