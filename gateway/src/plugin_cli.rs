@@ -790,6 +790,7 @@ function requestEdits(e) {{
     removeHeaders: list(e.removeHeaders),
     body: e.body == null ? null : bytes(e.body),
     setResponseHeaders: list(e.setResponseHeaders),
+    appendResponseHeaders: list(e.appendResponseHeaders),
   }};
 }}
 
@@ -1322,6 +1323,9 @@ fn describe(s: &mut String, before: &PolicyRequest, action: &Action) {
             }
             for (k, v) in &e.set_response_headers {
                 line(format!("set-response-header: {k}: {v}"));
+            }
+            for (k, v) in &e.append_response_headers {
+                line(format!("append-response-header: {k}: {v}"));
             }
             if !changed {
                 let _ = writeln!(s, "no changes");

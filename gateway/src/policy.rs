@@ -168,9 +168,9 @@ pub struct ChainSession {
     route: Arc<RouteRuntime>,
     sessions: Vec<Option<host::PluginSession>>,
     cx: host::RequestContext,
-    /// `set-response-headers` of each plugin's `on-request`, in chain order, until the
-    /// response exists.
-    response_headers: Vec<host::Fields>,
+    /// `set-response-headers` and `append-response-headers` of each plugin's `on-request`, in
+    /// chain order, until the response exists.
+    response_headers: Vec<(host::Fields, host::Fields)>,
 }
 
 impl ChainSession {
@@ -249,14 +249,24 @@ impl ChainSession {
                         &edits.append_headers,
                         &edits.remove_headers,
                     )
-                    .and_then(|()| check_edits(&edits.set_response_headers, &Vec::new(), &[]));
+                    .and_then(|()| {
+                        check_edits(
+                            &edits.set_response_headers,
+                            &edits.append_response_headers,
+                            &[],
+                        )
+                    });
                     if let Err(why) = checked {
                         bad_output(&plugin, why)?;
                         continue;
                     }
-                    if !edits.set_response_headers.is_empty() {
-                        self.response_headers
-                            .push(std::mem::take(&mut edits.set_response_headers));
+                    if !edits.set_response_headers.is_empty()
+                        || !edits.append_response_headers.is_empty()
+                    {
+                        self.response_headers.push((
+                            std::mem::take(&mut edits.set_response_headers),
+                            std::mem::take(&mut edits.append_response_headers),
+                        ));
                     }
                     if let Some(b) = apply_request_edits(out, edits)? {
                         buffered = Some(b);
@@ -304,8 +314,8 @@ impl ChainSession {
         }
         let (mut parts, mut b) = res.into_parts();
         // Decided in `on-request`; set first, so `on-response` phases see (and may change) them.
-        for set in std::mem::take(&mut self.response_headers) {
-            edit_headers(&mut parts.headers, set, Vec::new(), Vec::new());
+        for (set, append) in std::mem::take(&mut self.response_headers) {
+            edit_headers(&mut parts.headers, set, append, Vec::new());
         }
         let mut buffered: Option<bytes::Bytes> = None;
         for i in 0..upto.min(self.route.plugins.len()) {

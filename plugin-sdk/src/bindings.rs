@@ -105,6 +105,7 @@ impl From<sdk::Action> for wit::Action {
                 remove_headers: e.remove_headers,
                 body: e.body,
                 set_response_headers: e.set_response_headers,
+                append_response_headers: e.append_response_headers,
             }),
             sdk::Action::Respond(r) => wit::Action::Respond(wit::Response {
                 status: r.status,

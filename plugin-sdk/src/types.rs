@@ -452,6 +452,9 @@ pub struct RequestEdits {
     /// Headers set on the response this request gets (the upstream's, or a later plugin's
     /// local answer) before any `on_response` runs.
     pub set_response_headers: Fields,
+    /// Header values added (keeping existing ones) to the response this request gets, before
+    /// any `on_response` runs.
+    pub append_response_headers: Fields,
 }
 
 impl RequestEdits {
@@ -480,6 +483,15 @@ impl RequestEdits {
     /// gateway makes one guest call less per request).
     pub fn set_response_header(mut self, name: &str, value: &str) -> Self {
         self.set_response_headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    /// Adds a value to header `name` on the response this request will get, keeping the
+    /// upstream's values (e.g. `vary`). Like [`RequestEdits::set_response_header`], it saves an
+    /// `on_response` phase.
+    pub fn append_response_header(mut self, name: &str, value: &str) -> Self {
+        self.append_response_headers
             .push((name.to_ascii_lowercase(), value.to_string()));
         self
     }
@@ -522,6 +534,11 @@ impl RequestEdits {
     /// The value this edit sets for response header `name`, if any (tests).
     pub fn response_header_value(&self, name: &str) -> Option<&str> {
         find_header(&self.set_response_headers, name)
+    }
+
+    /// The value this edit appends to response header `name`, if any (tests).
+    pub fn appended_response_header_value(&self, name: &str) -> Option<&str> {
+        find_header(&self.append_response_headers, name)
     }
 
     /// True if nothing would change.

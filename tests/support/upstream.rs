@@ -175,6 +175,8 @@ async fn answer(
         "version": version,
         "headers": headers,
         "body_len": body.len(),
+        // Small bodies verbatim (UTF-8, lossy), so tests can see what a policy made of them.
+        "body": (body.len() <= 4096).then(|| String::from_utf8_lossy(&body).into_owned()),
         "peer": peer.to_string(),
     });
     in_flight.fetch_sub(1, Ordering::SeqCst);

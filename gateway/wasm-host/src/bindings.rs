@@ -54,6 +54,7 @@ impl From<wit::Action> for types::Action {
                 remove_headers: e.remove_headers,
                 body: e.body,
                 set_response_headers: e.set_response_headers,
+                append_response_headers: e.append_response_headers,
             }),
             wit::Action::Respond(r) => types::Action::Respond(types::LocalResponse {
                 status: r.status,

@@ -81,6 +81,8 @@ pub struct RequestEdits {
     pub body: Option<Vec<u8>>,
     /// Set on the response before any `on_response` runs (saves the plugin an `on_response`).
     pub set_response_headers: Fields,
+    /// Appended to the response before any `on_response` runs.
+    pub append_response_headers: Fields,
 }
 
 /// A complete response produced by a plugin instead of proxying.

@@ -94,8 +94,6 @@ pub struct Cors {
     max_age: String,
 }
 
-const CTX_ORIGIN: &str = "cors.allow_origin";
-
 impl Cors {
     /// The `Access-Control-Allow-Origin` value for `origin`, if it is allowed.
     fn allow_origin(&self, origin: &str) -> Option<String> {
@@ -169,7 +167,7 @@ impl Policy for Cors {
 
     fn info(&self) -> PluginInfo {
         PluginInfo::default()
-            .phases(Phases::REQUEST | Phases::RESPONSE)
+            .phases(Phases::REQUEST)
             .reads_headers(&[
                 "origin",
                 "access-control-request-method",
@@ -186,27 +184,23 @@ impl Policy for Cors {
         {
             return self.preflight(req, origin);
         }
-        if let Some(allow) = self.allow_origin(origin) {
-            context::set(CTX_ORIGIN, &allow);
-        }
-        Action::next()
-    }
-
-    fn on_response(&self, _resp: &ResponseHead) -> ResponseEdits {
-        let Some(allow) = context::get(CTX_ORIGIN) else {
-            return ResponseEdits::default();
+        let Some(allow) = self.allow_origin(origin) else {
+            return Action::next();
         };
-        let mut edits = ResponseEdits::default().set_header("access-control-allow-origin", &allow);
+        // Response headers decided now: no `on_response` call, and a later plugin's local answer
+        // (a 401 from an auth plugin) carries them too, so the browser can read it.
+        let mut edits =
+            RequestEdits::default().set_response_header("access-control-allow-origin", &allow);
         if allow != "*" {
-            edits = edits.append_header("vary", "Origin");
+            edits = edits.append_response_header("vary", "Origin");
         }
         if self.credentials {
-            edits = edits.set_header("access-control-allow-credentials", "true");
+            edits = edits.set_response_header("access-control-allow-credentials", "true");
         }
         if let Some(h) = &self.expose_headers {
-            edits = edits.set_header("access-control-expose-headers", h);
+            edits = edits.set_response_header("access-control-expose-headers", h);
         }
-        edits
+        edits.into()
     }
 }
 
@@ -277,27 +271,27 @@ mod tests {
             "expose_headers": ["x-request-id"], "headers": ["content-type"]
         }))
         .unwrap();
-        assert!(
-            h.on_request(Request::get("/").header("origin", "https://a.example.com"))
-                .is_continue()
-        );
-        let e = h.on_response(ResponseHead::new(200));
+        let a = h.on_request(Request::get("/").header("origin", "https://a.example.com"));
+        let e = a.edits().expect("proxied");
         assert_eq!(
-            e.set_header_value("access-control-allow-origin"),
+            e.response_header_value("access-control-allow-origin"),
             Some("https://a.example.com")
         );
         assert_eq!(
-            e.set_header_value("access-control-allow-credentials"),
+            e.response_header_value("access-control-allow-credentials"),
             Some("true")
         );
         assert_eq!(
-            e.set_header_value("access-control-expose-headers"),
+            e.response_header_value("access-control-expose-headers"),
             Some("x-request-id")
         );
         assert_eq!(
-            e.append_headers,
+            e.append_response_headers,
             vec![("vary".to_string(), "Origin".to_string())]
         );
+        // The request itself goes on untouched, and no `on_response` call is needed.
+        assert!(e.set_headers.is_empty() && e.append_headers.is_empty());
+        assert!(!h.policy().info().phases.contains(Phases::RESPONSE));
 
         let a = h.on_request(preflight("https://b.example.com"));
         assert_eq!(
@@ -305,22 +299,21 @@ mod tests {
             Some("content-type")
         );
 
-        assert!(
-            h.on_request(Request::get("/").header("origin", "https://other.com"))
-                .is_continue()
-        );
-        assert!(h.on_response(ResponseHead::new(200)).is_empty());
-        assert!(h.on_request(Request::get("/")).is_continue());
-        assert!(h.on_response(ResponseHead::new(200)).is_empty());
+        let a = h.on_request(Request::get("/").header("origin", "https://other.com"));
+        assert!(a.edits().unwrap().is_empty());
+        assert!(h.on_request(Request::get("/")).edits().unwrap().is_empty());
     }
 
     #[test]
     fn wildcard_origin() {
         let mut h = Harness::<Cors>::new(json!({ "origins": ["*"] })).unwrap();
-        h.on_request(Request::get("/").header("origin", "https://x.io"));
-        let e = h.on_response(ResponseHead::new(200));
-        assert_eq!(e.set_header_value("access-control-allow-origin"), Some("*"));
-        assert!(e.append_headers.is_empty());
+        let a = h.on_request(Request::get("/").header("origin", "https://x.io"));
+        let e = a.edits().unwrap();
+        assert_eq!(
+            e.response_header_value("access-control-allow-origin"),
+            Some("*")
+        );
+        assert!(e.append_response_headers.is_empty());
         // With credentials, `*` is not allowed by browsers: the origin is echoed.
         let mut c = Harness::<Cors>::new(json!({ "origins": ["*"], "credentials": true })).unwrap();
         let a = c.on_request(preflight("https://x.io"));

@@ -72,6 +72,7 @@ def _continue() -> Action:
             remove_headers=[],
             body=None,
             set_response_headers=[],
+            append_response_headers=[],
         )
     )
 
