@@ -257,3 +257,80 @@ upstream = "echo"
     assert!(parked_becomes(&gw, 0.0).await);
     gw.shutdown().await;
 }
+
+/// A hyper upstream answering every request with `len` bytes of `x` (Content-Length).
+async fn big_upstream(len: usize) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let body = bytes::Bytes::from(vec![b'x'; len]);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(body),
+                        ))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A response still being written to a slow reader is never cut by parking: hyper drops the
+/// response body before its last bytes are flushed, and the connection must not look idle then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_the_whole_response() {
+    const LEN: usize = 8 * 1024 * 1024;
+    let addr = big_upstream(LEN).await;
+    let gw = TestGateway::start(&format!(
+        r#"{pre}
+[[routes]]
+name = "all"
+match = {{ path_prefix = "/" }}
+upstream = "echo"
+"#,
+        pre = preamble(&format!("http://{addr}"))
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    // Twice on one connection: the second request also checks the connection survived.
+    for round in 0..2 {
+        s.write_all(get("/big").as_bytes()).await.unwrap();
+        // Read the head, then the body slowly (about 3 MB/s), for several park periods.
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let head_end = loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "round {round}: closed before the head");
+            got.extend_from_slice(&chunk[..n]);
+            if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains(&format!("content-length: {LEN}")), "{head}");
+        let mut body = got.len() - head_end;
+        while body < LEN {
+            let want = chunk.len().min(LEN - body);
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk[..want]))
+                .await
+                .expect("stalled")
+                .unwrap();
+            assert!(n > 0, "round {round}: cut after {body} of {LEN} body bytes");
+            body += n;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    gw.shutdown().await;
+}

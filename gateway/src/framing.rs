@@ -214,6 +214,10 @@ impl<S> crate::park::MessageBoundary for FramingObserver<S> {
     fn at_message_start(&self) -> bool {
         self.heads > 0 && matches!(&self.state, State::Head(buf) if buf.is_empty())
     }
+
+    fn may_reach_message_start(&self) -> bool {
+        !matches!(self.state, State::Off)
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -3,23 +3,27 @@
 //! hyper's HTTP/1 connection keeps an 8 KiB read and an 8 KiB write buffer (plus its state) for
 //! as long as it lives, and it lives for the whole keep-alive connection. nginx frees a
 //! connection's request buffers while it waits for the next request; Weir does the same. When
-//! an HTTP/1 connection (cleartext or TLS) has been idle for [`PARK_AFTER`] (every request
-//! answered, every byte read so far part of a complete request, nothing more to read),
-//! [`ParkIo`] reports end-of-stream to hyper. hyper then finishes that connection as a client close at a message
+//! an HTTP/1 connection (cleartext or TLS) has been idle for one to two [`PARK_AFTER`] periods
+//! (every response finished and flushed, every byte read so far part of a complete request, no
+//! byte read or response finished during a whole period), [`ParkIo`] reports end-of-stream to
+//! hyper. hyper then finishes that connection as a client close at a message
 //! boundary (it flushes what it has written, then calls `poll_shutdown`, which [`ParkIo`] turns
 //! into a no-op) and drops its buffers, but the socket is handed back through [`Parked`]. The
 //! connection task waits for the socket to become readable, holding nothing else, and starts a
 //! new hyper connection on it for the next request.
 //!
-//! "Every request answered" is counted by [`InFlight`] guards: one per request, held by the
-//! response body until hyper has written (or dropped) it. "Every byte part of a complete
+//! "Every response finished" is counted by [`InFlight`] guards: one per request, held by the
+//! response body until hyper has taken its last frame (or dropped it); "and flushed" means a
+//! flush completed after the last one finished, because hyper drops the body before writing its
+//! last bytes and only goes idle once they are flushed (an end-of-stream before that would be an
+//! error for hyper, and the tail of the response would be lost). "Every byte part of a complete
 //! request" is the [`FramingObserver`](crate::framing::FramingObserver)'s
 //! [`MessageBoundary`]: it follows the framing of every byte hyper read, so a connection with a
 //! partly read request or body, or an HTTP/2 or upgraded one, is never parked.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,15 +37,21 @@ use tokio::time::{Instant, Sleep};
 /// (a request every few ms) never reach it, so they never pay for re-creating hyper's state.
 pub const PARK_AFTER: Duration = Duration::from_millis(250);
 
-/// Whether all bytes read so far belong to complete messages (no partial request or body).
+/// What the framing observer knows about the bytes read so far.
 pub trait MessageBoundary {
+    /// All bytes read so far belong to complete requests (no partial request or body).
     fn at_message_start(&self) -> bool;
+    /// The connection may still reach a message start (false once observing stopped: HTTP/2,
+    /// upgrades, framing hyper will refuse), so an idle clock is worth keeping.
+    fn may_reach_message_start(&self) -> bool;
 }
 
 /// The requests being answered on one connection.
 #[derive(Default)]
 pub struct Requests {
     inflight: AtomicUsize,
+    /// Responses finished (bodies done or dropped) so far.
+    finished: AtomicU64,
 }
 
 /// One request being answered; dropped when its response body is done (or dropped).
@@ -56,6 +66,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::AcqRel);
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -120,23 +131,39 @@ pub struct ParkIo<S> {
     io: Option<S>,
     requests: Arc<Requests>,
     slot: Arc<Parked<S>>,
-    /// Reads that returned data; the idle clock checks none happened while it ran.
+    /// Reads that returned data; with finished responses, the activity the idle clock watches.
     reads: u64,
-    /// The idle clock, armed at the first read that had to wait, with the read count then.
+    /// The idle clock, armed at the first read that had to wait, with the activity then.
     clock: Option<(Pin<Box<Sleep>>, u64)>,
+    /// Bytes were written and not flushed since.
+    unflushed: bool,
+    /// `Requests::finished` at the last completed flush: hyper's output is all out only if no
+    /// response finished after it (its last bytes may still sit in hyper's buffer otherwise,
+    /// and hyper is not idle until it has flushed them).
+    flushed_at: u64,
     parked: bool,
 }
 
 impl<S> ParkIo<S> {
     pub fn new(io: S, requests: Arc<Requests>, slot: Arc<Parked<S>>) -> Self {
+        let flushed_at = requests.finished.load(Ordering::Acquire);
         Self {
             io: Some(io),
             requests,
             slot,
             reads: 0,
             clock: None,
+            unflushed: false,
+            flushed_at,
             parked: false,
         }
+    }
+
+    /// Nothing in flight and everything written flushed: hyper is between requests.
+    fn all_answered(&self) -> bool {
+        !self.unflushed
+            && self.requests.inflight.load(Ordering::Acquire) == 0
+            && self.requests.finished.load(Ordering::Acquire) == self.flushed_at
     }
 
     /// On a read that has to wait: true if the connection may park now, i.e. nothing was read
@@ -145,15 +172,15 @@ impl<S> ParkIo<S> {
     /// polled only when armed: a busy connection pays a flag check per read and one timer reset
     /// per period.
     fn may_park(&mut self, cx: &mut Context<'_>, idle: bool) -> bool {
-        let reads = self.reads;
+        let activity = self.reads + self.requests.finished.load(Ordering::Acquire);
         if let Some((sleep, armed_at)) = &mut self.clock {
             if !sleep.is_elapsed() {
                 return false;
             }
-            if *armed_at == reads && idle {
+            if *armed_at == activity && idle {
                 return true;
             }
-            *armed_at = reads;
+            *armed_at = activity;
             sleep.as_mut().reset(Instant::now() + PARK_AFTER);
             // Registers this task's waker with the timer (a period is never over at once).
             let _ = sleep.as_mut().poll(cx);
@@ -161,7 +188,7 @@ impl<S> ParkIo<S> {
         }
         let mut sleep = Box::pin(tokio::time::sleep_until(Instant::now() + PARK_AFTER));
         let _ = sleep.as_mut().poll(cx);
-        self.clock = Some((sleep, reads));
+        self.clock = Some((sleep, activity));
         false
     }
 }
@@ -192,9 +219,12 @@ impl<S: AsyncRead + MessageBoundary + Unpin> AsyncRead for ParkIo<S> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut *io).poll_read(cx, buf);
         match &poll {
+            Poll::Pending if !io.may_reach_message_start() => {
+                // HTTP/2, an upgrade, framing hyper refuses: never parked, so no clock either.
+                this.clock = None;
+            }
             Poll::Pending => {
-                let idle =
-                    io.at_message_start() && this.requests.inflight.load(Ordering::Acquire) == 0;
+                let idle = io.at_message_start() && this.all_answered();
                 if this.may_park(cx, idle) {
                     // End-of-stream for hyper, not for the client: see the module docs.
                     this.parked = true;
@@ -214,10 +244,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParkIo<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.io.as_mut() {
+        let poll = match self.io.as_mut() {
             Some(io) => Pin::new(io).poll_write(cx, data),
             None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        };
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.unflushed = true;
         }
+        poll
     }
 
     fn poll_write_vectored(
@@ -225,10 +259,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParkIo<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.io.as_mut() {
+        let poll = match self.io.as_mut() {
             Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        };
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.unflushed = true;
         }
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -236,10 +274,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParkIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.io.as_mut() {
+        // Read before flushing: a response finishing meanwhile must not count as flushed.
+        let finished = self.requests.finished.load(Ordering::Acquire);
+        let poll = match self.io.as_mut() {
             Some(io) => Pin::new(io).poll_flush(cx),
             None => Poll::Ready(Ok(())),
+        };
+        if let Poll::Ready(Ok(())) = poll {
+            self.unflushed = false;
+            self.flushed_at = finished;
         }
+        poll
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
