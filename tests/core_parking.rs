@@ -9,26 +9,40 @@ use weir_testkit::extra_a::{metric, scrape};
 use weir_testkit::extra_b::{
     RawResponse, TestPki, parse_responses, tls_client_config, tls_connect,
 };
-use weir_testkit::extra_c::preamble;
 use weir_testkit::{TestGateway, TestUpstream, UpstreamBehavior};
 
 /// Longer than the gateway's park delay (250 ms) plus one period of its idle clock.
 const PARKED_AFTER: Duration = Duration::from_secs(3);
 
-async fn gateway(up: &TestUpstream, limits: &str) -> TestGateway {
-    TestGateway::start(&format!(
-        r#"{pre}
+/// One listener `public` (with `listener_tls`, a `tls = …` line, if any), one route to `upstream`.
+fn config(upstream: &str, listener_tls: &str, limits: &str) -> String {
+    format!(
+        r#"version = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
 [limits]
 {limits}
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+{listener_tls}
+
+[upstreams.echo]
+targets = [{{ url = "{upstream}" }}]
 
 [[routes]]
 name = "all"
 match = {{ path_prefix = "/" }}
 upstream = "echo"
-"#,
-        pre = preamble(&up.url())
-    ))
-    .await
+"#
+    )
+}
+
+async fn gateway(up: &TestUpstream, limits: &str) -> TestGateway {
+    TestGateway::start(&config(&up.url(), "", limits)).await
 }
 
 async fn parked(gw: &TestGateway) -> f64 {
@@ -214,26 +228,10 @@ async fn an_idle_tls_connection_parks_and_keeps_its_session() {
     let pki = TestPki::new("Weir Test CA");
     let dir = tempfile::tempdir().unwrap();
     pki.server_cert(&["localhost"]).write(dir.path(), "site");
-    let toml = format!(
-        r#"version = 1
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listeners]]
-name = "public"
-listen = "127.0.0.1:0"
-tls = {{ certs = [{{ cert = "site.crt", key = "site.key" }}] }}
-
-[upstreams.echo]
-targets = [{{ url = "{}" }}]
-
-[[routes]]
-name = "all"
-match = {{ path_prefix = "/" }}
-upstream = "echo"
-"#,
-        up.url()
+    let toml = config(
+        &up.url(),
+        r#"tls = { certs = [{ cert = "site.crt", key = "site.key" }] }"#,
+        "",
     );
     let gw = TestGateway::start_in(dir, &toml).await.unwrap();
     let cfg = tls_client_config(&[pki.ca_der()], None, &[b"http/1.1"]);
@@ -292,16 +290,7 @@ async fn big_upstream(len: usize) -> std::net::SocketAddr {
 async fn a_slow_reader_gets_the_whole_response() {
     const LEN: usize = 8 * 1024 * 1024;
     let addr = big_upstream(LEN).await;
-    let gw = TestGateway::start(&format!(
-        r#"{pre}
-[[routes]]
-name = "all"
-match = {{ path_prefix = "/" }}
-upstream = "echo"
-"#,
-        pre = preamble(&format!("http://{addr}"))
-    ))
-    .await;
+    let gw = TestGateway::start(&config(&format!("http://{addr}"), "", "")).await;
     let mut s = TcpStream::connect(gw.addr()).await.unwrap();
     // Twice on one connection: the second request also checks the connection survived.
     for round in 0..2 {

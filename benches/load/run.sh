@@ -31,7 +31,8 @@
 #   BODY_BYTES  upstream body size (default 1024)
 #   IDLE_CONNS  plain mode: after the rounds, memory of this many idle keep-alive connections for
 #               nginx and weir-plain (idle_conns.py; default 10000, 0 skips it). HAProxy is left
-#               out: 10,000 connections need maxconn 10000, i.e. ~20,000 fds, the hard limit here.
+#               out: its config has maxconn 4096, and raising it was not tried (HAProxy asks for
+#               about two fds per connection; the hard fd limit here is 20,000).
 #   CERT_ALG    tls mode certificate: rsa (RSA-2048, default) | ec (ECDSA P-256)
 #   NO_BUILD=1  do not run cargo (use the binaries already built)
 #   WEIR_BIN    gateway binary (default $CARGO_TARGET_DIR/release/weir, else target/release/weir)
