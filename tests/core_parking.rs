@@ -45,6 +45,19 @@ async fn gateway(up: &TestUpstream, limits: &str) -> TestGateway {
     TestGateway::start(&config(&up.url(), "", limits)).await
 }
 
+/// A gateway whose listener serves TLS for `localhost` with a certificate from the returned CA.
+async fn tls_gateway(up: &TestUpstream, limits: &str) -> (TestGateway, TestPki) {
+    let pki = TestPki::new("Weir Test CA");
+    let dir = tempfile::tempdir().unwrap();
+    pki.server_cert(&["localhost"]).write(dir.path(), "site");
+    let toml = config(
+        &up.url(),
+        r#"tls = { certs = [{ cert = "site.crt", key = "site.key" }] }"#,
+        limits,
+    );
+    (TestGateway::start_in(dir, &toml).await.unwrap(), pki)
+}
+
 async fn parked(gw: &TestGateway) -> f64 {
     metric(
         &scrape(gw).await,
@@ -95,6 +108,19 @@ async fn read_responses<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<RawRes
                 "no {n} complete responses in 10 s: {}",
                 String::from_utf8_lossy(&buf)
             ),
+        }
+    }
+}
+
+/// Reads until end-of-stream (or an error); how long that took, or None after `limit`.
+async fn closed_after<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut b = [0u8; 256];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
         }
     }
 }
@@ -208,16 +234,40 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout() {
     s.write_all(get("/once").as_bytes()).await.unwrap();
     read_responses(&mut s, 1).await;
     assert!(parked_becomes(&gw, 1.0).await);
-    let started = Instant::now();
-    let mut b = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+    let took = closed_after(&mut s, Duration::from_secs(10))
         .await
-        .expect("the parked connection was never closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "expected end-of-stream, got {n} bytes");
-    assert!(started.elapsed() < Duration::from_secs(5));
+        .expect("the parked connection was never closed");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
     assert!(parked_becomes(&gw, 0.0).await);
     gw.shutdown().await;
+}
+
+/// A drain closes parked connections at once (and a connection that has not sent a byte yet):
+/// they hold no request, so nothing waits for them until the drain deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_parked_and_silent_connections_at_once() {
+    let up = TestUpstream::start("echo").await;
+    let gw = gateway(&up, r#"drain_timeout = "20s""#).await;
+    let mut parked_conn = TcpStream::connect(gw.addr()).await.unwrap();
+    parked_conn
+        .write_all(get("/once").as_bytes())
+        .await
+        .unwrap();
+    read_responses(&mut parked_conn, 1).await;
+    let mut silent = TcpStream::connect(gw.addr()).await.unwrap();
+    assert!(parked_becomes(&gw, 1.0).await);
+    let started = Instant::now();
+    let drained = tokio::spawn(gw.shutdown());
+    for s in [&mut parked_conn, &mut silent] {
+        closed_after(s, Duration::from_secs(5))
+            .await
+            .expect("a connection without a request was kept open during the drain");
+    }
+    tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .expect("the drain waited for connections without a request")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 /// The same over TLS: the rustls session survives the park (only hyper's buffers go), and the
@@ -225,15 +275,7 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tls_connection_parks_and_keeps_its_session() {
     let up = TestUpstream::start("echo").await;
-    let pki = TestPki::new("Weir Test CA");
-    let dir = tempfile::tempdir().unwrap();
-    pki.server_cert(&["localhost"]).write(dir.path(), "site");
-    let toml = config(
-        &up.url(),
-        r#"tls = { certs = [{ cert = "site.crt", key = "site.key" }] }"#,
-        "",
-    );
-    let gw = TestGateway::start_in(dir, &toml).await.unwrap();
+    let (gw, pki) = tls_gateway(&up, "").await;
     let cfg = tls_client_config(&[pki.ca_der()], None, &[b"http/1.1"]);
     let mut s = tls_connect(gw.addr(), "localhost", cfg).await.unwrap();
     // The first request goes out right behind the handshake.
@@ -254,6 +296,58 @@ async fn an_idle_tls_connection_parks_and_keeps_its_session() {
     s.shutdown().await.unwrap();
     assert!(parked_becomes(&gw, 0.0).await);
     gw.shutdown().await;
+}
+
+/// A connection that never completes a request is closed at `header_read_timeout`, also where
+/// hyper has not started its own header timer: while it is still telling HTTP/1 from HTTP/2 (a
+/// client that sends the start of the HTTP/2 preface and stops, on a new connection and after
+/// a park), and on a TLS connection that sends nothing after its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_request_are_closed_at_the_header_read_timeout() {
+    let up = TestUpstream::start("echo").await;
+    let plain = gateway(&up, r#"header_read_timeout = "1s""#).await;
+    let (tls, pki) = tls_gateway(&up, r#"header_read_timeout = "1s""#).await;
+    let limit = Duration::from_secs(6);
+    let in_time = |case: &str, took: Option<Duration>| {
+        let took = took.unwrap_or_else(|| panic!("{case}: still open after {limit:?}"));
+        assert!(
+            took >= Duration::from_millis(800),
+            "{case}: closed after {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(4),
+            "{case}: closed after {took:?}"
+        );
+    };
+
+    let mut s = TcpStream::connect(plain.addr()).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    in_time("partial HTTP/2 preface", closed_after(&mut s, limit).await);
+
+    let mut s = TcpStream::connect(plain.addr()).await.unwrap();
+    s.write_all(get("/once").as_bytes()).await.unwrap();
+    read_responses(&mut s, 1).await;
+    assert!(parked_becomes(&plain, 1.0).await);
+    s.write_all(b"PRI * HTTP/2").await.unwrap();
+    in_time(
+        "partial HTTP/2 preface after a park",
+        closed_after(&mut s, limit).await,
+    );
+
+    let cfg = tls_client_config(&[pki.ca_der()], None, &[b"http/1.1"]);
+    let mut s = tls_connect(tls.addr(), "localhost", cfg).await.unwrap();
+    in_time(
+        "nothing after the TLS handshake",
+        closed_after(&mut s, limit).await,
+    );
+
+    // Both still serve.
+    let mut s = TcpStream::connect(plain.addr()).await.unwrap();
+    s.write_all(get("/after").as_bytes()).await.unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert_eq!((r[0].status, echoed_path(&r[0]).as_str()), (200, "/after"));
+    plain.shutdown().await;
+    tls.shutdown().await;
 }
 
 /// A hyper upstream answering every request with `len` bytes of `x` (Content-Length).

@@ -10,7 +10,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::proxy::ConnInfo;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -27,21 +29,22 @@ enum State {
     Off,
 }
 
-/// Wraps a client stream; `flag` turns true once a head with both length headers was read.
+/// Wraps a client stream; the connection's `ambiguous_framing` turns true once a head with both
+/// length headers was read.
 pub struct FramingObserver<S> {
     inner: S,
     state: State,
-    flag: Arc<AtomicBool>,
+    conn: Arc<ConnInfo>,
     /// Request heads seen; parking needs at least one (an HTTP/1 connection, not HTTP/2).
     heads: u64,
 }
 
 impl<S> FramingObserver<S> {
-    pub fn new(inner: S, flag: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: S, conn: Arc<ConnInfo>) -> Self {
         Self {
             inner,
             state: State::Head(Vec::new()),
-            flag,
+            conn,
             heads: 0,
         }
     }
@@ -188,7 +191,7 @@ impl<S> FramingObserver<S> {
         // Ambiguous framing that parsers disagree on: both lengths, a repeated Content-Length
         // (hyper merges equal ones), or any Transfer-Encoding other than exactly `chunked`.
         if (has_cl && te) || cl_count > 1 || (te && te_tokens != ["chunked"]) {
-            self.flag.store(true, Ordering::Relaxed);
+            self.conn.ambiguous_framing.store(true, Ordering::Relaxed);
             return State::Off;
         }
         if upgrade || req.method == Some("CONNECT") {
@@ -273,12 +276,16 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[&[u8]]) -> bool {
-        let flag = Arc::new(AtomicBool::new(false));
-        let mut o = FramingObserver::new((), flag.clone());
+        let conn = Arc::new(ConnInfo::new(
+            ([127, 0, 0, 1], 1).into(),
+            "http",
+            "t".into(),
+        ));
+        let mut o = FramingObserver::new((), conn.clone());
         for c in chunks {
             o.feed(c);
         }
-        flag.load(Ordering::Relaxed)
+        conn.ambiguous_framing.load(Ordering::Relaxed)
     }
 
     #[test]

@@ -29,6 +29,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::proxy::ConnInfo;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -46,28 +48,36 @@ pub trait MessageBoundary {
     fn may_reach_message_start(&self) -> bool;
 }
 
-/// The requests being answered on one connection.
-#[derive(Default)]
+/// The requests being answered on one connection (kept in its [`ConnInfo`]).
+#[derive(Debug, Default)]
 pub struct Requests {
     inflight: AtomicUsize,
     /// Responses finished (bodies done or dropped) so far.
     finished: AtomicU64,
 }
 
+impl Requests {
+    /// Requests handed to the service so far on this connection, answered or not.
+    pub fn started(&self) -> u64 {
+        // A request moves from in flight to finished by adding first: never counted short.
+        self.finished.load(Ordering::Acquire) + self.inflight.load(Ordering::Acquire) as u64
+    }
+}
+
 /// One request being answered; dropped when its response body is done (or dropped).
-pub struct InFlight(Arc<Requests>);
+pub struct InFlight(Arc<ConnInfo>);
 
 impl InFlight {
-    pub fn new(requests: &Arc<Requests>) -> Self {
-        requests.inflight.fetch_add(1, Ordering::AcqRel);
-        Self(requests.clone())
+    pub fn new(conn: &Arc<ConnInfo>) -> Self {
+        conn.requests.inflight.fetch_add(1, Ordering::AcqRel);
+        Self(conn.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::AcqRel);
-        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.0.requests.finished.fetch_add(1, Ordering::AcqRel);
+        self.0.requests.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -129,7 +139,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for GuardedBody<B> {
 /// The IO of one hyper session on a parkable connection (see the module docs).
 pub struct ParkIo<S> {
     io: Option<S>,
-    requests: Arc<Requests>,
+    conn: Arc<ConnInfo>,
     slot: Arc<Parked<S>>,
     /// Reads that returned data; with finished responses, the activity the idle clock watches.
     reads: u64,
@@ -145,11 +155,11 @@ pub struct ParkIo<S> {
 }
 
 impl<S> ParkIo<S> {
-    pub fn new(io: S, requests: Arc<Requests>, slot: Arc<Parked<S>>) -> Self {
-        let flushed_at = requests.finished.load(Ordering::Acquire);
+    pub fn new(io: S, conn: Arc<ConnInfo>, slot: Arc<Parked<S>>) -> Self {
+        let flushed_at = conn.requests.finished.load(Ordering::Acquire);
         Self {
             io: Some(io),
-            requests,
+            conn,
             slot,
             reads: 0,
             clock: None,
@@ -162,8 +172,8 @@ impl<S> ParkIo<S> {
     /// Nothing in flight and everything written flushed: hyper is between requests.
     fn all_answered(&self) -> bool {
         !self.unflushed
-            && self.requests.inflight.load(Ordering::Acquire) == 0
-            && self.requests.finished.load(Ordering::Acquire) == self.flushed_at
+            && self.conn.requests.inflight.load(Ordering::Acquire) == 0
+            && self.conn.requests.finished.load(Ordering::Acquire) == self.flushed_at
     }
 
     /// On a read that has to wait: true if the connection may park now, i.e. nothing was read
@@ -172,7 +182,7 @@ impl<S> ParkIo<S> {
     /// polled only when armed: a busy connection pays a flag check per read and one timer reset
     /// per period.
     fn may_park(&mut self, cx: &mut Context<'_>, idle: bool) -> bool {
-        let activity = self.reads + self.requests.finished.load(Ordering::Acquire);
+        let activity = self.reads + self.conn.requests.finished.load(Ordering::Acquire);
         if let Some((sleep, armed_at)) = &mut self.clock {
             if !sleep.is_elapsed() {
                 return false;
@@ -275,7 +285,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParkIo<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // Read before flushing: a response finishing meanwhile must not count as flushed.
-        let finished = self.requests.finished.load(Ordering::Acquire);
+        let finished = self.conn.requests.finished.load(Ordering::Acquire);
         let poll = match self.io.as_mut() {
             Some(io) => Pin::new(io).poll_flush(cx),
             None => Poll::Ready(Ok(())),

@@ -19,9 +19,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 /// TLS handshakes that take longer than this are dropped (slowloris on the handshake).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,7 +90,6 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 struct ConnService {
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
-    requests: Arc<Requests>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -100,7 +100,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let guard = InFlight::new(&self.requests);
+        let guard = InFlight::new(&self.conn);
         let fut = proxy::handle(self.gw.clone(), self.conn.clone(), req);
         Box::pin(async move {
             let res = fut.await?;
@@ -135,94 +135,162 @@ impl ClientSocket for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-/// Resolves once the listener drains (never if its sender is gone).
-async fn draining(drain: &mut watch::Receiver<bool>) {
-    if drain.wait_for(|d| *d).await.is_err() {
-        std::future::pending::<()>().await;
+/// What the connection tasks of one listener share: one pointer in each task, which lives as
+/// long as its connection.
+struct ListenerCtx {
+    builder: auto::Builder<TokioExecutor>,
+    /// How long a connection may wait for a request (`header_read_timeout`).
+    idle: Duration,
+    /// Set, then `drain_notify` fired, when the listener stops accepting.
+    draining: AtomicBool,
+    drain_notify: Notify,
+    parked: Gauge,
+    connections: Gauge,
+}
+
+impl ListenerCtx {
+    /// Resolves once the listener drains.
+    async fn drained(&self) {
+        let notified = self.drain_notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a drain between the two still wakes us.
+        notified.as_mut().enable();
+        if self.draining.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
+    fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.drain_notify.notify_waiters();
+    }
+
+    /// Waits until the client sends bytes: false on the idle timeout, an error or a drain.
+    /// Polls the socket's readiness directly: `TcpStream::readable` keeps a waiter node in
+    /// the future, and this future is what a parked connection's task is made of.
+    async fn readable_within(&self, tcp: &TcpStream) -> bool {
+        let readable = std::future::poll_fn(|cx| tcp.poll_read_ready(cx));
+        tokio::select! {
+            r = tokio::time::timeout(self.idle, readable) => matches!(r, Ok(Ok(()))),
+            () = self.drained() => false,
+        }
     }
 }
 
-/// Runs one hyper connection; when the listener drains it is asked to finish gracefully
-/// (`Connection: close` / GOAWAY after the requests in flight).
-async fn drive<C>(mut conn: Pin<Box<C>>, drain: &mut watch::Receiver<bool>) -> Result<(), C::Error>
+/// Holds a connection's place in its listener (the `max_connections` permit and the gauge)
+/// for as long as its task runs.
+struct ConnSlot {
+    ctx: Arc<ListenerCtx>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnSlot {
+    fn new(ctx: Arc<ListenerCtx>, permit: OwnedSemaphorePermit) -> Self {
+        ctx.connections.inc();
+        Self {
+            ctx,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.ctx.connections.dec();
+    }
+}
+
+/// Runs one hyper session; when the listener drains it is asked to finish gracefully
+/// (`Connection: close` / GOAWAY after the requests in flight). A session that has not
+/// received a request within `header_read_timeout` is closed: hyper's own header timer starts
+/// only once it has told HTTP/1 from HTTP/2, and until then a client sending part of the
+/// HTTP/2 preface (or nothing, after a TLS handshake) would hold the connection for ever.
+async fn drive<C>(
+    mut conn: Pin<Box<C>>,
+    ctx: &ListenerCtx,
+    requests: &Requests,
+) -> Result<(), C::Error>
 where
     C: GracefulConnection,
 {
-    tokio::select! {
-        r = conn.as_mut() => return r,
-        () = draining(drain) => {}
+    let before = requests.started();
+    // Boxed: it lives only as long as the session, not in the task of a parked connection.
+    let mut first_request = Box::pin(tokio::time::sleep(ctx.idle));
+    let mut waiting = true;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            () = ctx.drained() => break,
+            () = &mut first_request, if waiting => {
+                if requests.started() == before {
+                    tracing::debug!("no request within header_read_timeout; closing");
+                    return Ok(());
+                }
+                waiting = false;
+            }
+        }
     }
     conn.as_mut().graceful_shutdown();
     conn.await
 }
 
 /// Serves a client connection: hyper sessions, with the stream parked alone in between while
-/// the client is idle (HTTP/1 only; see [`crate::park`]). `idle` bounds the wait for a request.
+/// the client is idle (HTTP/1 only; see [`crate::park`]). While parked, the task holds the
+/// stream, the slot it comes back through, a few pointers and the wait for readability.
 async fn serve_parkable<S: ClientSocket>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: FramingObserver<S>,
+    place: ConnSlot,
+    mut stream: FramingObserver<S>,
     svc: ConnService,
-    idle: Duration,
-    mut drain: watch::Receiver<bool>,
-    parked: Gauge,
 ) {
+    let ctx = &*place.ctx;
+    // hyper's header timeout takes over once bytes arrive; until then only the stream is held.
+    if S::FIRST_REQUEST_ON_SOCKET && !ctx.readable_within(stream.get_ref().tcp()).await {
+        return;
+    }
     let slot: Arc<Parked<FramingObserver<S>>> = Arc::new(Parked::default());
-    let mut next = Some(stream);
-    let mut first = true;
-    while let Some(stream) = next.take() {
-        // Waiting for a request, holding only the stream (hyper's header timeout takes over
-        // once bytes arrive).
-        if !first || S::FIRST_REQUEST_ON_SOCKET {
-            if !first {
-                parked.inc();
-            }
-            let ready = tokio::select! {
-                r = tokio::time::timeout(idle, stream.get_ref().tcp().readable()) => matches!(r, Ok(Ok(()))),
-                () = draining(&mut drain) => false,
-            };
-            if !first {
-                parked.dec();
-            }
-            if !ready {
-                return;
-            }
-        }
-        first = false;
-        let io = ParkIo::new(stream, svc.requests.clone(), slot.clone());
-        let conn = builder
+    loop {
+        let io = ParkIo::new(stream, svc.conn.clone(), slot.clone());
+        let conn = ctx
+            .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc.clone())
             .into_owned();
-        if let Err(e) = drive(Box::pin(conn), &mut drain).await {
+        if let Err(e) = drive(Box::pin(conn), ctx, &svc.conn.requests).await {
             tracing::debug!(error = %e, "connection ended with an error");
             return;
         }
-        next = slot.take();
+        stream = match slot.take() {
+            Some(s) => s,
+            None => return,
+        };
+        ctx.parked.inc();
+        let ready = ctx.readable_within(stream.get_ref().tcp()).await;
+        ctx.parked.dec();
+        if !ready {
+            return;
+        }
     }
 }
 
 /// Serves one listener until `shutdown` flips, then drains its connections within the deadline.
 pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::Receiver<bool>) {
     let limits = gw.table().config.limits.clone();
-    let builder = Arc::new(http_builder(&limits));
     let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX >> 4);
     let permits = Arc::new(Semaphore::new(max_connections as usize));
     let name: Arc<str> = Arc::from(bound.spec.name.as_str());
     let scheme = if bound.tls.is_some() { "https" } else { "http" };
     let _watch = bound.tls.as_ref().map(|t| t.watch());
-    let conns = gw
-        .metrics
-        .connections
-        .get_or_create(&crate::metrics::ListenerLabel {
-            listener: bound.spec.name.clone(),
-        })
-        .clone();
-    let parked = gw
-        .metrics
-        .parked
-        .get_or_create(&crate::metrics::ListenerLabel {
-            listener: bound.spec.name.clone(),
-        })
-        .clone();
+    let label = crate::metrics::ListenerLabel {
+        listener: bound.spec.name.clone(),
+    };
+    let ctx = Arc::new(ListenerCtx {
+        builder: http_builder(&limits),
+        idle: limits.header_read_timeout,
+        draining: AtomicBool::new(false),
+        drain_notify: Notify::new(),
+        parked: gw.metrics.parked.get_or_create(&label).clone(),
+        connections: gw.metrics.connections.get_or_create(&label).clone(),
+    });
     tracing::info!(listener = %name, addr = %bound.local_addr, tls = bound.tls.is_some(), "listening");
     loop {
         let permit = tokio::select! {
@@ -241,52 +309,37 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let conn = Arc::new(ConnInfo {
-            peer,
-            scheme,
-            listener: name.clone(),
-            ambiguous_framing: flag.clone(),
-        });
+        let conn = Arc::new(ConnInfo::new(peer, scheme, name.clone()));
         let svc = ConnService {
             gw: gw.clone(),
-            conn,
-            requests: Arc::new(Requests::default()),
+            conn: conn.clone(),
         };
-        let builder = builder.clone();
-        let conns = conns.clone();
-        let parked = parked.clone();
-        let drain = shutdown.clone();
-        conns.inc();
+        let place = ConnSlot::new(ctx.clone(), permit);
         match &bound.tls {
             None => {
-                let observed = FramingObserver::new(stream, flag);
-                let idle = limits.header_read_timeout;
-                tokio::spawn(async move {
-                    serve_parkable(builder, observed, svc, idle, drain, parked).await;
-                    conns.dec();
-                    drop(permit);
-                });
+                tokio::spawn(serve_parkable(
+                    place,
+                    FramingObserver::new(stream, conn),
+                    svc,
+                ));
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
-                let idle = limits.header_read_timeout;
                 tokio::spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls_stream)) => {
-                            let observed = FramingObserver::new(tls_stream, flag);
-                            serve_parkable(builder, observed, svc, idle, drain, parked).await;
+                            let observed = FramingObserver::new(tls_stream, conn);
+                            serve_parkable(place, observed, svc).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    conns.dec();
-                    drop(permit);
                 });
             }
         }
     }
+    ctx.drain();
     drop(bound.listener);
     tracing::info!(listener = %name, "stopped accepting; draining");
     // Every connection task holds a permit until it ends: all of them back means drained.

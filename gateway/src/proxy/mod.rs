@@ -28,15 +28,32 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What the proxy knows about the client connection.
-#[derive(Debug, Clone)]
+/// What the proxy knows about the client connection, and the state the connection's parts
+/// share (framing observer, parking IO, response guards). One allocation for all of it: it
+/// lives as long as the connection, idle periods included, and each small long-lived
+/// allocation pins an allocator page that the freed per-request memory around it cannot leave.
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub scheme: &'static str,
     pub listener: Arc<str>,
     /// Set by [`crate::framing::FramingObserver`] when a request head had ambiguous framing
     /// (hyper resolves it silently, hiding it from us). The connection is then refused.
-    pub ambiguous_framing: Arc<std::sync::atomic::AtomicBool>,
+    pub ambiguous_framing: std::sync::atomic::AtomicBool,
+    /// Requests in flight and answered, for [`crate::park`].
+    pub requests: crate::park::Requests,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, scheme: &'static str, listener: Arc<str>) -> Self {
+        Self {
+            peer,
+            scheme,
+            listener,
+            ambiguous_framing: std::sync::atomic::AtomicBool::new(false),
+            requests: crate::park::Requests::default(),
+        }
+    }
 }
 
 /// Per-request facts gathered along the path, used by logging and policies.
