@@ -58,25 +58,26 @@ async fn tls_gateway(up: &TestUpstream, limits: &str) -> (TestGateway, TestPki) 
     (TestGateway::start_in(dir, &toml).await.unwrap(), pki)
 }
 
-async fn parked(gw: &TestGateway) -> f64 {
-    metric(
-        &scrape(gw).await,
-        "weir_connections_parked",
-        &[("listener", "public")],
-    )
-    .unwrap_or(0.0)
+async fn gauge(gw: &TestGateway, name: &str) -> f64 {
+    metric(&scrape(gw).await, name, &[("listener", "public")]).unwrap_or(0.0)
 }
 
-/// Waits until `/metrics` shows `want` parked connections; false after `PARKED_AFTER`.
-async fn parked_becomes(gw: &TestGateway, want: f64) -> bool {
+/// Waits until `/metrics` shows `want` for the listener's gauge `name`; false after
+/// `PARKED_AFTER`.
+async fn gauge_becomes(gw: &TestGateway, name: &str, want: f64) -> bool {
     let deadline = Instant::now() + PARKED_AFTER;
     while Instant::now() < deadline {
-        if parked(gw).await == want {
+        if gauge(gw, name).await == want {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Waits until `/metrics` shows `want` parked connections; false after `PARKED_AFTER`.
+async fn parked_becomes(gw: &TestGateway, want: f64) -> bool {
+    gauge_becomes(gw, "weir_connections_parked", want).await
 }
 
 /// Reads from `s` until `n` complete responses (by Content-Length) have arrived.
@@ -141,7 +142,7 @@ async fn an_idle_connection_parks_and_serves_its_next_requests() {
     let gw = gateway(&up, "").await;
     let mut s = TcpStream::connect(gw.addr()).await.unwrap();
     // A connection that has not sent a request yet is not counted as parked.
-    assert_eq!(parked(&gw).await, 0.0);
+    assert_eq!(gauge(&gw, "weir_connections_parked").await, 0.0);
 
     s.write_all(get("/first").as_bytes()).await.unwrap();
     let r = read_responses(&mut s, 1).await;
@@ -202,7 +203,11 @@ async fn slow_responses_and_slow_requests_are_never_parked_mid_message() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(parked(&gw).await, 0.0, "parked inside a request head");
+    assert_eq!(
+        gauge(&gw, "weir_connections_parked").await,
+        0.0,
+        "parked inside a request head"
+    );
     s.write_all(b"k.test\r\n\r\n").await.unwrap();
     let r = read_responses(&mut s, 1).await;
     assert_eq!(
@@ -215,7 +220,11 @@ async fn slow_responses_and_slow_requests_are_never_parked_mid_message() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(parked(&gw).await, 0.0, "parked inside a request body");
+    assert_eq!(
+        gauge(&gw, "weir_connections_parked").await,
+        0.0,
+        "parked inside a request body"
+    );
     s.write_all(b"world").await.unwrap();
     let r = read_responses(&mut s, 1).await;
     assert_eq!(r[0].status, 200);
@@ -256,6 +265,8 @@ async fn a_drain_closes_parked_and_silent_connections_at_once() {
     read_responses(&mut parked_conn, 1).await;
     let mut silent = TcpStream::connect(gw.addr()).await.unwrap();
     assert!(parked_becomes(&gw, 1.0).await);
+    // Both accepted (not still in the listen backlog, which closing the listener would reset).
+    assert!(gauge_becomes(&gw, "weir_connections_active", 2.0).await);
     let started = Instant::now();
     let drained = tokio::spawn(gw.shutdown());
     for s in [&mut parked_conn, &mut silent] {
@@ -305,17 +316,19 @@ async fn an_idle_tls_connection_parks_and_keeps_its_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_a_request_are_closed_at_the_header_read_timeout() {
     let up = TestUpstream::start("echo").await;
-    let plain = gateway(&up, r#"header_read_timeout = "1s""#).await;
-    let (tls, pki) = tls_gateway(&up, r#"header_read_timeout = "1s""#).await;
-    let limit = Duration::from_secs(6);
+    // 2 s: the write after a park has to land before the parked connection's own idle timeout.
+    let limits = r#"header_read_timeout = "2s""#;
+    let plain = gateway(&up, limits).await;
+    let (tls, pki) = tls_gateway(&up, limits).await;
+    let limit = Duration::from_secs(8);
     let in_time = |case: &str, took: Option<Duration>| {
         let took = took.unwrap_or_else(|| panic!("{case}: still open after {limit:?}"));
         assert!(
-            took >= Duration::from_millis(800),
+            took >= Duration::from_millis(1600),
             "{case}: closed after {took:?}"
         );
         assert!(
-            took < Duration::from_secs(4),
+            took < Duration::from_secs(6),
             "{case}: closed after {took:?}"
         );
     };
@@ -341,11 +354,17 @@ async fn connections_without_a_request_are_closed_at_the_header_read_timeout() {
         closed_after(&mut s, limit).await,
     );
 
-    // Both still serve.
+    // Both still serve, also a first request that comes late but within the limit.
     let mut s = TcpStream::connect(plain.addr()).await.unwrap();
     s.write_all(get("/after").as_bytes()).await.unwrap();
     let r = read_responses(&mut s, 1).await;
     assert_eq!((r[0].status, echoed_path(&r[0]).as_str()), (200, "/after"));
+    let cfg = tls_client_config(&[pki.ca_der()], None, &[b"http/1.1"]);
+    let mut s = tls_connect(tls.addr(), "localhost", cfg).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.write_all(get("/late").as_bytes()).await.unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert_eq!((r[0].status, echoed_path(&r[0]).as_str()), (200, "/late"));
     plain.shutdown().await;
     tls.shutdown().await;
 }

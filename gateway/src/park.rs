@@ -51,6 +51,8 @@ pub trait MessageBoundary {
 /// The requests being answered on one connection (kept in its [`ConnInfo`]).
 #[derive(Debug, Default)]
 pub struct Requests {
+    /// Requests handed to the service so far.
+    started: AtomicU64,
     inflight: AtomicUsize,
     /// Responses finished (bodies done or dropped) so far.
     finished: AtomicU64,
@@ -59,8 +61,7 @@ pub struct Requests {
 impl Requests {
     /// Requests handed to the service so far on this connection, answered or not.
     pub fn started(&self) -> u64 {
-        // A request moves from in flight to finished by adding first: never counted short.
-        self.finished.load(Ordering::Acquire) + self.inflight.load(Ordering::Acquire) as u64
+        self.started.load(Ordering::Acquire)
     }
 }
 
@@ -69,6 +70,7 @@ pub struct InFlight(Arc<ConnInfo>);
 
 impl InFlight {
     pub fn new(conn: &Arc<ConnInfo>) -> Self {
+        conn.requests.started.fetch_add(1, Ordering::AcqRel);
         conn.requests.inflight.fetch_add(1, Ordering::AcqRel);
         Self(conn.clone())
     }

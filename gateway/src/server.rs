@@ -202,10 +202,11 @@ impl Drop for ConnSlot {
 }
 
 /// Runs one hyper session; when the listener drains it is asked to finish gracefully
-/// (`Connection: close` / GOAWAY after the requests in flight). A session that has not
-/// received a request within `header_read_timeout` is closed: hyper's own header timer starts
-/// only once it has told HTTP/1 from HTTP/2, and until then a client sending part of the
-/// HTTP/2 preface (or nothing, after a TLS handshake) would hold the connection for ever.
+/// (`Connection: close` / GOAWAY after the requests in flight). So is a session that has not
+/// received a request within `header_read_timeout`, and dropped if it has not finished one
+/// period later: hyper's own header timer starts only once it has told HTTP/1 from HTTP/2, and
+/// until then a client sending part of the HTTP/2 preface (or nothing, after a TLS handshake)
+/// would hold the connection for ever.
 async fn drive<C>(
     mut conn: Pin<Box<C>>,
     ctx: &ListenerCtx,
@@ -216,23 +217,36 @@ where
 {
     let before = requests.started();
     // Boxed: it lives only as long as the session, not in the task of a parked connection.
-    let mut first_request = Box::pin(tokio::time::sleep(ctx.idle));
-    let mut waiting = true;
+    let mut timer = Box::pin(tokio::time::sleep(ctx.idle));
+    let mut timer_armed = true;
+    let mut closing = false;
     loop {
         tokio::select! {
+            // hyper first: bytes that arrived with the timer are a request, not a timeout.
+            biased;
             r = conn.as_mut() => return r,
-            () = ctx.drained() => break,
-            () = &mut first_request, if waiting => {
-                if requests.started() == before {
-                    tracing::debug!("no request within header_read_timeout; closing");
+            () = ctx.drained(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                // The listener's drain deadline bounds the rest.
+                timer_armed = false;
+            }
+            () = &mut timer, if timer_armed => {
+                if closing {
+                    tracing::debug!("session without a request did not close; dropping it");
                     return Ok(());
                 }
-                waiting = false;
+                if requests.started() == before {
+                    tracing::debug!("no request within header_read_timeout; closing");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    timer.as_mut().reset(tokio::time::Instant::now() + ctx.idle);
+                } else {
+                    timer_armed = false;
+                }
             }
         }
     }
-    conn.as_mut().graceful_shutdown();
-    conn.await
 }
 
 /// Serves a client connection: hyper sessions, with the stream parked alone in between while
