@@ -312,7 +312,8 @@ async fn an_idle_tls_connection_parks_and_keeps_its_session() {
 /// A connection that never completes a request is closed at `header_read_timeout`, also where
 /// hyper has not started its own header timer: while it is still telling HTTP/1 from HTTP/2 (a
 /// client that sends the start of the HTTP/2 preface and stops, on a new connection and after
-/// a park), and on a TLS connection that sends nothing after its handshake.
+/// a park), on a TLS connection that sends nothing after its handshake, and on an HTTP/2
+/// connection without a request (with a GOAWAY first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_a_request_are_closed_at_the_header_read_timeout() {
     let up = TestUpstream::start("echo").await;
@@ -336,6 +337,31 @@ async fn connections_without_a_request_are_closed_at_the_header_read_timeout() {
     let mut s = TcpStream::connect(plain.addr()).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     in_time("partial HTTP/2 preface", closed_after(&mut s, limit).await);
+
+    // An HTTP/2 connection (prior knowledge) that never sends a request is told so with a
+    // GOAWAY before it is closed.
+    let mut s = TcpStream::connect(plain.addr()).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1024];
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(limit, s.read(&mut b)).await {
+        got.extend_from_slice(&b[..n]);
+    }
+    in_time("HTTP/2 without a request", Some(started.elapsed()));
+    let mut frames = Vec::new();
+    let mut rest = &got[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        frames.push(rest[3]);
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert!(
+        frames.contains(&7),
+        "no GOAWAY among frame types {frames:?}"
+    );
 
     let mut s = TcpStream::connect(plain.addr()).await.unwrap();
     s.write_all(get("/once").as_bytes()).await.unwrap();
