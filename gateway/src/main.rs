@@ -127,5 +127,6 @@ mod tests {
     #[test]
     fn allocator_purges_freed_memory_in_the_background() {
         assert_eq!(tikv_jemalloc_ctl::opt::background_thread::read(), Ok(true));
+        assert_eq!(tikv_jemalloc_ctl::max_background_threads::read(), Ok(1));
     }
 }

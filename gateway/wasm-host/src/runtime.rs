@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -112,7 +112,19 @@ struct RuntimeInner {
     epoch_tick: Duration,
     max_memory_limit: u64,
     max_idle: usize,
-    _ticker: EpochTicker,
+    /// Started by the first plugin load: a gateway without plugins keeps no thread waking
+    /// every `epoch_tick`.
+    ticker: Mutex<Option<EpochTicker>>,
+}
+
+impl RuntimeInner {
+    fn ensure_ticker(&self) -> Result<(), RuntimeError> {
+        let mut ticker = self.ticker.lock().unwrap_or_else(|e| e.into_inner());
+        if ticker.is_none() {
+            *ticker = Some(EpochTicker::start(self.engine.clone(), self.epoch_tick)?);
+        }
+        Ok(())
+    }
 }
 
 /// The Wasm policy runtime: one per gateway process. Cheap to clone.
@@ -185,7 +197,6 @@ impl PolicyRuntime {
             http_timeout: cfg.http_timeout,
             custom_metrics: Arc::new(CustomMetrics::default()),
         });
-        let ticker = EpochTicker::start(engine.clone(), cfg.epoch_tick)?;
         Ok(PolicyRuntime {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -196,9 +207,19 @@ impl PolicyRuntime {
                 epoch_tick: cfg.epoch_tick,
                 max_memory_limit: cfg.max_memory_limit,
                 max_idle: cfg.max_idle_per_plugin,
-                _ticker: ticker,
+                ticker: Mutex::new(None),
             }),
         })
+    }
+
+    /// Whether the epoch thread (the clock of the plugins' CPU deadlines) runs: from the first
+    /// plugin load on.
+    pub fn epoch_ticking(&self) -> bool {
+        self.inner
+            .ticker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// Call once per registry; names get the registry's prefix (the gateway's is `weir`, giving
@@ -220,6 +241,10 @@ impl PolicyRuntime {
         let inner = &self.inner;
         validate_spec(spec, inner.max_memory_limit)
             .map_err(|e| fail(LoadErrorKind::InvalidSpec(e)))?;
+        // Guests run from here on (`init` below): their CPU deadline needs the epoch to move.
+        inner
+            .ensure_ticker()
+            .map_err(|e| fail(LoadErrorKind::Instantiate(e.to_string())))?;
         let http_allow = spec
             .http_allow
             .iter()

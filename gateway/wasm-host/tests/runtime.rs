@@ -53,6 +53,19 @@ async fn noop_continues_in_both_isolation_modes() {
 }
 
 #[tokio::test]
+async fn the_epoch_thread_starts_with_the_first_plugin() {
+    let rt = runtime();
+    assert!(
+        !rt.epoch_ticking(),
+        "a runtime without plugins keeps a ticking thread"
+    );
+    rt.load(&spec("noop", "noop", Isolation::Pooled))
+        .await
+        .unwrap();
+    assert!(rt.epoch_ticking());
+}
+
+#[tokio::test]
 async fn add_header_uses_its_config_on_request_and_response() {
     let rt = runtime();
     let mut s = spec("add", "add-header", Isolation::Request);
