@@ -80,6 +80,18 @@ async fn parked_becomes(gw: &TestGateway, want: f64) -> bool {
     gauge_becomes(gw, "weir_connections_parked", want).await
 }
 
+/// A connection that made one request and is now parked (the only parked one on `gw`).
+async fn parked_connection(gw: &TestGateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(get("/once").as_bytes()).await.unwrap();
+    read_responses(&mut s, 1).await;
+    assert!(
+        parked_becomes(gw, 1.0).await,
+        "the idle connection was not parked"
+    );
+    s
+}
+
 /// Reads from `s` until `n` complete responses (by Content-Length) have arrived.
 async fn read_responses<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<RawResponse> {
     let mut buf = Vec::new();
@@ -239,10 +251,7 @@ async fn slow_responses_and_slow_requests_are_never_parked_mid_message() {
 async fn a_parked_connection_is_closed_at_the_idle_timeout() {
     let up = TestUpstream::start("echo").await;
     let gw = gateway(&up, r#"header_read_timeout = "2s""#).await;
-    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(get("/once").as_bytes()).await.unwrap();
-    read_responses(&mut s, 1).await;
-    assert!(parked_becomes(&gw, 1.0).await);
+    let mut s = parked_connection(&gw).await;
     let took = closed_after(&mut s, Duration::from_secs(10))
         .await
         .expect("the parked connection was never closed");
@@ -257,14 +266,8 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout() {
 async fn a_drain_closes_parked_and_silent_connections_at_once() {
     let up = TestUpstream::start("echo").await;
     let gw = gateway(&up, r#"drain_timeout = "20s""#).await;
-    let mut parked_conn = TcpStream::connect(gw.addr()).await.unwrap();
-    parked_conn
-        .write_all(get("/once").as_bytes())
-        .await
-        .unwrap();
-    read_responses(&mut parked_conn, 1).await;
+    let mut parked_conn = parked_connection(&gw).await;
     let mut silent = TcpStream::connect(gw.addr()).await.unwrap();
-    assert!(parked_becomes(&gw, 1.0).await);
     // Both accepted (not still in the listen backlog, which closing the listener would reset).
     assert!(gauge_becomes(&gw, "weir_connections_active", 2.0).await);
     let started = Instant::now();
@@ -363,10 +366,7 @@ async fn connections_without_a_request_are_closed_at_the_header_read_timeout() {
         "no GOAWAY among frame types {frames:?}"
     );
 
-    let mut s = TcpStream::connect(plain.addr()).await.unwrap();
-    s.write_all(get("/once").as_bytes()).await.unwrap();
-    read_responses(&mut s, 1).await;
-    assert!(parked_becomes(&plain, 1.0).await);
+    let mut s = parked_connection(&plain).await;
     s.write_all(b"PRI * HTTP/2").await.unwrap();
     in_time(
         "partial HTTP/2 preface after a park",

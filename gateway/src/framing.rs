@@ -11,10 +11,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-use crate::proxy::ConnInfo;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::proxy::ConnInfo;
 
 /// Heads larger than this are left to hyper's own limit (431).
 const MAX_HEAD: usize = 128 * 1024;

@@ -23,17 +23,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-
-use crate::proxy::ConnInfo;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::proxy::ConnInfo;
 
 /// How long a connection stays idle inside hyper before it is parked. Busy keep-alive clients
 /// (a request every few ms) never reach it, so they never pay for re-creating hyper's state.
@@ -53,8 +53,7 @@ pub trait MessageBoundary {
 pub struct Requests {
     /// Requests handed to the service so far.
     started: AtomicU64,
-    inflight: AtomicUsize,
-    /// Responses finished (bodies done or dropped) so far.
+    /// Responses finished (bodies done or dropped) so far; `started - finished` are in flight.
     finished: AtomicU64,
 }
 
@@ -71,7 +70,6 @@ pub struct InFlight(Arc<ConnInfo>);
 impl InFlight {
     pub fn new(conn: &Arc<ConnInfo>) -> Self {
         conn.requests.started.fetch_add(1, Ordering::AcqRel);
-        conn.requests.inflight.fetch_add(1, Ordering::AcqRel);
         Self(conn.clone())
     }
 }
@@ -79,7 +77,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.requests.finished.fetch_add(1, Ordering::AcqRel);
-        self.0.requests.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -173,9 +170,12 @@ impl<S> ParkIo<S> {
 
     /// Nothing in flight and everything written flushed: hyper is between requests.
     fn all_answered(&self) -> bool {
+        // `finished` first: a request starting or finishing between the two loads makes them
+        // differ, so a race can only say "busy", never "idle" with a request in flight.
+        let finished = self.conn.requests.finished.load(Ordering::Acquire);
         !self.unflushed
-            && self.conn.requests.inflight.load(Ordering::Acquire) == 0
-            && self.conn.requests.finished.load(Ordering::Acquire) == self.flushed_at
+            && self.conn.requests.started.load(Ordering::Acquire) == finished
+            && finished == self.flushed_at
     }
 
     /// On a read that has to wait: true if the connection may park now, i.e. nothing was read
