@@ -2,8 +2,8 @@
 //! answers merged. A required backend that fails answers 502 (504 on timeout) naming it; an
 //! optional one is left out and listed in `x-weir-partial`.
 
-use super::RequestFacts;
 use super::forward::Outgoing;
+use super::{RequestFacts, hygiene};
 use crate::body::{self, ProxyBody};
 use crate::config::AggregateBackend;
 use crate::error::GatewayError;
@@ -55,24 +55,12 @@ async fn call_one(
     let _guard = upstream
         .acquire(idx)
         .ok_or_else(|| Failure::Failed("upstream at its concurrency limit".into()))?;
-    let target = upstream
-        .targets
-        .get(idx)
-        .ok_or_else(|| Failure::Failed("no target".into()))?;
     let mut pq = b.path.clone();
     if let Some(q) = backend_query(b, out.parts.uri.query()) {
         pq.push(if pq.contains('?') { '&' } else { '?' });
         pq.push_str(&q);
     }
     let uri = http::Uri::builder()
-        .scheme(target.url.scheme_str().unwrap_or("http"))
-        .authority(
-            target
-                .url
-                .authority()
-                .map(|a| a.as_str())
-                .unwrap_or_default(),
-        )
         .path_and_query(pq)
         .build()
         .map_err(|e| Failure::Failed(format!("bad backend URI: {e}")))?;
@@ -86,20 +74,20 @@ async fn call_one(
         }
     }
     for name in [
-        "x-request-id",
-        "traceparent",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
+        hygiene::X_REQUEST_ID,
+        hygiene::TRACEPARENT,
+        hygiene::X_FORWARDED_FOR,
+        hygiene::X_FORWARDED_PROTO,
+        hygiene::X_FORWARDED_HOST,
     ] {
-        if let Some(v) = out.parts.headers.get(name) {
+        if let Some(v) = out.parts.headers.get(&name) {
             h.insert(name, v.clone());
         }
     }
     if let Ok(v) = HeaderValue::from_str(&facts.host) {
         h.entry(header::HOST).or_insert(v);
     }
-    let res = match tokio::time::timeout(b.timeout, upstream.client.request(req)).await {
+    let res = match tokio::time::timeout(b.timeout, upstream.request(idx, req)).await {
         Err(_) => {
             upstream.report(idx, false);
             return Err(Failure::Timeout);

@@ -123,12 +123,6 @@ pub async fn send(
         let Some(target) = upstream.targets.get(idx) else {
             return Err(GatewayError::Internal("target index out of range".into()));
         };
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(target.scheme.clone());
-        uri.authority = target.authority.clone();
-        uri.path_and_query = Some(path_and_query.clone());
-        let uri = http::Uri::from_parts(uri)
-            .map_err(|e| GatewayError::BadRequest(format!("cannot build upstream URI: {e}")))?;
         let this_body = match &replay {
             Some(b) if b.is_empty() => body::empty(),
             Some(b) => body::full(b.clone()),
@@ -136,7 +130,7 @@ pub async fn send(
         };
         let mut req = Request::new(this_body);
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
+        *req.uri_mut() = http::Uri::from(path_and_query.clone());
         // The last possible try takes the headers; earlier ones send a copy.
         *req.headers_mut() = if may_retry {
             parts.headers.clone()
@@ -150,12 +144,11 @@ pub async fn send(
         if req.version() == http::Version::HTTP_2 {
             req.headers_mut().remove(header::HOST);
         }
-        let now = Instant::now();
-        let remaining = deadline.saturating_duration_since(now);
+        let started = Instant::now();
+        let remaining = deadline.saturating_duration_since(started);
         let per_try = spec.per_try_timeout.map_or(remaining, |p| p.min(remaining));
         facts.upstream_target = Some(target.url_text.clone());
-        let started = Instant::now();
-        let result = tokio::time::timeout(per_try, upstream.client.request(req)).await;
+        let result = tokio::time::timeout(per_try, upstream.request(idx, req)).await;
         gw.metrics
             .upstream_latency
             .get_or_create(&crate::metrics::UpstreamLabel {

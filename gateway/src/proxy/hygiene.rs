@@ -4,25 +4,33 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Headers the gateway sets on every forwarded request; `Connection` cannot name them away.
-const GATEWAY_SET: [&str; 5] = [
-    "x-request-id",
-    "traceparent",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
+const GATEWAY_SET: [HeaderName; 5] = [
+    X_REQUEST_ID,
+    TRACEPARENT,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
 ];
 
 /// Rejects requests whose framing a downstream or upstream parser could read differently
@@ -168,6 +176,13 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including every header named in `Connection`. `TE: trailers`
 /// survives (gRPC needs it end to end); `Upgrade` survives when `keep_upgrade` is set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names instead of a lookup for each.
+    if !headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE)
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -187,7 +202,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             continue;
         }
         // A client must not make us drop the headers the gateway itself sets and forwards.
-        if GATEWAY_SET.contains(&n.as_str()) || n == header::HOST {
+        if GATEWAY_SET.contains(&n) || n == header::HOST {
             continue;
         }
         headers.remove(n);
@@ -208,7 +223,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Response-side hop-by-hop stripping (keeps the 101 handshake headers).
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
     strip_hop_by_hop(headers, switching);
-    if !switching {
+    if !switching && headers.contains_key(header::TE) {
         headers.remove(header::TE);
     }
 }
@@ -223,12 +238,20 @@ pub fn forwarded_headers(
     scheme: &str,
     host: &str,
 ) -> IpAddr {
-    let peer_trusted = trusted.iter().any(|n| n.contains(&peer));
-    let xff = "x-forwarded-for";
+    let peer_trusted = !trusted.is_empty() && trusted.iter().any(|n| n.contains(&peer));
+    let xff = X_FORWARDED_FOR;
     let mut client = peer;
+    let proto = match scheme {
+        "https" => HeaderValue::from_static("https"),
+        "http" => HeaderValue::from_static("http"),
+        other => match HeaderValue::from_str(other) {
+            Ok(v) => v,
+            Err(_) => HeaderValue::from_static("http"),
+        },
+    };
     if peer_trusted {
         let prior: Vec<String> = headers
-            .get_all(xff)
+            .get_all(&xff)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -252,21 +275,47 @@ pub fn forwarded_headers(
         }
         chain.push_str(&peer.to_string());
         set(headers, xff, &chain);
-        if !headers.contains_key("x-forwarded-proto") {
-            set(headers, "x-forwarded-proto", scheme);
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, proto);
         }
-        if !headers.contains_key("x-forwarded-host") {
-            set(headers, "x-forwarded-host", host);
+        if !headers.contains_key(X_FORWARDED_HOST) {
+            set(headers, X_FORWARDED_HOST, host);
         }
     } else {
-        set(headers, xff, &peer.to_string());
-        set(headers, "x-forwarded-proto", scheme);
-        set(headers, "x-forwarded-host", host);
+        headers.insert(xff, ip_value(peer));
+        headers.insert(X_FORWARDED_PROTO, proto);
+        set(headers, X_FORWARDED_HOST, host);
     }
     client
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+/// An IP address as a header value; IPv4 without the formatting machinery (every request).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static(""));
+    };
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
     }
@@ -274,7 +323,7 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 
 /// Returns the incoming `x-request-id` if it is sane, else a new random one (and sets it).
 pub fn request_id(headers: &mut HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+    if let Some(v) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && !v.is_empty()
         && v.len() <= 128
         && v.bytes().all(|b| b.is_ascii_graphic())
@@ -283,7 +332,7 @@ pub fn request_id(headers: &mut HeaderMap) -> String {
     }
     let mut id = String::with_capacity(32);
     push_hex(&mut id, rand::random::<u128>(), 32);
-    set(headers, "x-request-id", &id);
+    set(headers, X_REQUEST_ID, &id);
     id
 }
 
@@ -300,7 +349,7 @@ fn push_hex(out: &mut String, v: u128, digits: usize) {
 /// Returns the trace id.
 pub fn trace_context(headers: &mut HeaderMap) -> String {
     let incoming = headers
-        .get("traceparent")
+        .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
     let (trace, flags) = incoming.unwrap_or_else(|| {
@@ -315,7 +364,7 @@ pub fn trace_context(headers: &mut HeaderMap) -> String {
     push_hex(&mut value, u128::from(rand::random::<u64>() | 1), 16);
     value.push('-');
     value.push_str(&flags);
-    set(headers, "traceparent", &value);
+    set(headers, TRACEPARENT, &value);
     trace
 }
 
@@ -400,6 +449,22 @@ mod tests {
         assert!(h.get("keep-alive").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn ipv4_values_match_display() {
+        for a in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "1.20.3.199",
+            "127.0.0.1",
+        ] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(ip_value(ip), a);
+        }
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(ip_value(v6), "::1");
     }
 
     #[test]

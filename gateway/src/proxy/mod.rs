@@ -289,7 +289,7 @@ fn finish(
     if !facts.request_id.is_empty()
         && let Ok(v) = HeaderValue::from_str(&facts.request_id)
     {
-        res.headers_mut().entry("x-request-id").or_insert(v);
+        res.headers_mut().entry(hygiene::X_REQUEST_ID).or_insert(v);
     }
     let status = res.status();
     let head_latency = facts.start.elapsed();

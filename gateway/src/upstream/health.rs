@@ -22,20 +22,15 @@ pub fn spawn(upstream: &Arc<Upstream>) {
         loop {
             tick.tick().await;
             let Some(up) = weak.upgrade() else { return };
-            let checks = up.targets.iter().map(|t| {
-                let uri = format!(
-                    "{}://{}{}",
-                    t.url.scheme_str().unwrap_or("http"),
-                    t.url.authority().map(|a| a.as_str()).unwrap_or(""),
-                    spec.path
-                );
-                let client = up.client.clone();
+            let checks = (0..up.targets.len()).map(|i| {
+                let up = &up;
                 let timeout = spec.timeout;
+                let path = spec.path.as_str();
                 async move {
-                    let Ok(req) = http::Request::get(uri).body(body::empty()) else {
+                    let Ok(req) = http::Request::get(path).body(body::empty()) else {
                         return false;
                     };
-                    match tokio::time::timeout(timeout, client.request(req)).await {
+                    match tokio::time::timeout(timeout, up.request(i, req)).await {
                         Ok(Ok(res)) => res.status().is_success() || res.status().is_redirection(),
                         _ => false,
                     }

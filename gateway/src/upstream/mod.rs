@@ -3,18 +3,56 @@
 
 pub mod balancer;
 pub mod health;
+pub mod pool;
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::config::{UpstreamProtocol, UpstreamSpec};
 use balancer::Balancer;
+use http::{HeaderValue, Request, Response, header};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use pool::{Pool, Release, UpstreamBody};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+/// Connects TCP, and TLS for `https` targets.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type HttpClient = Client<Connector, ProxyBody>;
+
+/// How requests reach an upstream's targets.
+enum Transport {
+    /// HTTP/1.1: a [`Pool`] of keep-alive connections per target.
+    Http1(Connector),
+    /// HTTP/2: hyper-util's client, which multiplexes requests on one connection per target.
+    Http2(Box<HttpClient>),
+}
+
+/// Why a request to a target got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("error trying to connect")]
+    Connect(#[source] BoxError),
+    #[error("upstream connection failed")]
+    Request(#[source] hyper::Error),
+    #[error(transparent)]
+    Client(hyper_util::client::legacy::Error),
+    #[error("cannot build upstream URI")]
+    Uri(#[source] http::uri::InvalidUriParts),
+}
+
+impl SendError {
+    /// The request never reached the upstream (safe to retry for any method).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Connect(_) => true,
+            SendError::Client(e) => e.is_connect(),
+            SendError::Request(_) | SendError::Uri(_) => false,
+        }
+    }
+}
 
 /// One backend address of an upstream.
 pub struct Target {
@@ -24,6 +62,11 @@ pub struct Target {
     /// Scheme and authority of `url`, ready to put in each request's URI.
     pub scheme: http::uri::Scheme,
     pub authority: Option<http::uri::Authority>,
+    /// `Host` for HTTP/1 requests that carry none (health checks): the authority without a
+    /// default port.
+    host_header: Option<HeaderValue>,
+    /// Idle HTTP/1.1 connections to this target.
+    pub pool: Arc<Pool>,
     pub weight: u32,
     /// Active health-check verdict (true until checks say otherwise).
     pub healthy: AtomicBool,
@@ -40,7 +83,7 @@ pub struct Upstream {
     /// The upstream's metric label.
     pub label: crate::metrics::Name,
     pub targets: Vec<Arc<Target>>,
-    pub client: HttpClient,
+    transport: Transport,
     balancer: Balancer,
     in_flight: AtomicUsize,
     epoch: Instant,
@@ -69,7 +112,7 @@ pub enum BuildError {
 
 impl Upstream {
     pub fn new(spec: UpstreamSpec) -> Result<Arc<Self>, BuildError> {
-        let client = build_client(&spec)?;
+        let transport = build_transport(&spec)?;
         let targets: Vec<Arc<Target>> = spec
             .targets
             .iter()
@@ -78,6 +121,8 @@ impl Upstream {
                     url_text: Arc::from(t.url.to_string()),
                     scheme: t.url.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
                     authority: t.url.authority().cloned(),
+                    host_header: host_header(&t.url),
+                    pool: Pool::new(spec.pool_max_idle, spec.pool_idle_timeout),
                     url: t.url.clone(),
                     weight: t.weight,
                     healthy: AtomicBool::new(true),
@@ -93,7 +138,7 @@ impl Upstream {
             label: crate::metrics::Name::new(&spec.name),
             spec,
             targets,
-            client,
+            transport,
             balancer,
             in_flight: AtomicUsize::new(0),
             epoch: Instant::now(),
@@ -185,9 +230,76 @@ impl Upstream {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Sends `req` (origin-form URI: path and query) to target `idx`. HTTP/1.1 requests take an
+    /// idle pooled connection or open one; a reused connection that closed before the request
+    /// was written is replaced transparently, as hyper-util's client does.
+    pub async fn request(
+        &self,
+        idx: usize,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let Some(target) = self.targets.get(idx) else {
+            return Err(SendError::Connect("target index out of range".into()));
+        };
+        let connector = match &self.transport {
+            Transport::Http2(client) => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(target.scheme.clone());
+                uri.authority = target.authority.clone();
+                uri.path_and_query = req.uri().path_and_query().cloned();
+                *req.uri_mut() = http::Uri::from_parts(uri).map_err(SendError::Uri)?;
+                let res = client.request(req).await.map_err(SendError::Client)?;
+                return Ok(res.map(|b| UpstreamBody::new(b, None)));
+            }
+            Transport::Http1(connector) => connector,
+        };
+        if !req.headers().contains_key(header::HOST)
+            && let Some(h) = &target.host_header
+        {
+            req.headers_mut().insert(header::HOST, h.clone());
+        }
+        loop {
+            let (mut sender, reused) = match target.pool.take() {
+                Some(s) => (s, true),
+                None => (connect_http1(connector, target).await?, false),
+            };
+            // A pooled connection is ready once its task has finished the previous exchange;
+            // one that closed meanwhile is dropped.
+            if reused && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    // After a protocol switch the connection belongs to the upgraded stream.
+                    let release = (res.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| Release::new(sender, target.pool.clone()));
+                    return Ok(res.map(|b| UpstreamBody::new(b, release)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
 }
 
-fn build_client(spec: &UpstreamSpec) -> Result<HttpClient, BuildError> {
+/// `Host` value for a target URL: host, and port unless it is the scheme's default.
+fn host_header(url: &http::Uri) -> Option<HeaderValue> {
+    let host = url.host()?;
+    let default = match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let value = match url.port_u16() {
+        Some(p) if p != default => format!("{host}:{p}"),
+        _ => host.to_string(),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+fn build_transport(spec: &UpstreamSpec) -> Result<Transport, BuildError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -226,17 +338,42 @@ fn build_client(spec: &UpstreamSpec) -> Result<HttpClient, BuildError> {
         )),
         None => builder,
     };
-    let connector = match spec.protocol {
-        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-        UpstreamProtocol::H2 => builder.enable_http2().wrap_connector(http),
-    };
+    if spec.protocol == UpstreamProtocol::Http1 {
+        return Ok(Transport::Http1(
+            builder.enable_http1().wrap_connector(http),
+        ));
+    }
+    let connector = builder.enable_http2().wrap_connector(http);
     let mut cb = Client::builder(TokioExecutor::new());
     cb.pool_idle_timeout(spec.pool_idle_timeout)
         .pool_max_idle_per_host(spec.pool_max_idle)
         .pool_timer(hyper_util::rt::TokioTimer::new())
-        .timer(hyper_util::rt::TokioTimer::new());
-    if spec.protocol == UpstreamProtocol::H2 {
-        cb.http2_only(true);
-    }
-    Ok(cb.build(connector))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_only(true);
+    Ok(Transport::Http2(Box::new(cb.build(connector))))
+}
+
+/// Opens a new HTTP/1.1 connection to `target`; its I/O runs in its own task.
+async fn connect_http1(
+    connector: &Connector,
+    target: &Target,
+) -> Result<SendRequest<ProxyBody>, SendError> {
+    use tower_service::Service;
+    let mut connector = connector.clone();
+    std::future::poll_fn(|cx| connector.poll_ready(cx))
+        .await
+        .map_err(SendError::Connect)?;
+    let io = connector
+        .call(target.url.clone())
+        .await
+        .map_err(SendError::Connect)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(SendError::Request)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }

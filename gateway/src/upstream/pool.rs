@@ -1,0 +1,163 @@
+//! Keep-alive HTTP/1.1 connections to one target, used last-in first-out.
+//!
+//! hyper-util's general client keys a shared pool by scheme and authority, races a checkout
+//! against a lazy connect and wraps every request in several layers of futures; its bookkeeping
+//! was about 5 % of the plain proxy's CPU. Weir already knows the target of each try, so each
+//! target keeps its own stack of idle senders, and a connection goes back on the stack when its
+//! response body has been read to the end (see [`UpstreamBody`]).
+
+use crate::body::{BoxError, ProxyBody};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// An idle connection, ready for its next request.
+struct Idle {
+    sender: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// The idle connections of one target. Newest at the back: reusing the warmest connection keeps
+/// the others idle long enough for the upstream (or `idle_timeout`) to retire them.
+pub struct Pool {
+    idle: Mutex<VecDeque<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+/// A connection checked out for one request.
+pub struct Checkout {
+    pub sender: SendRequest<ProxyBody>,
+    /// Whether it served a request before: an unsent request on a reused connection that turns
+    /// out closed may be sent again on another.
+    pub reused: bool,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+            idle_timeout,
+        })
+    }
+
+    /// The most recently used idle connection that is still open and young enough.
+    pub fn take(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop_back() {
+            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose last response was read to the end back for reuse, and retires
+    /// the ones idle for longer than `idle_timeout`.
+    fn put(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while idle
+            .front()
+            .is_some_and(|c| now.duration_since(c.since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() >= self.max_idle {
+            // Full: the oldest goes (dropping its sender closes the connection).
+            idle.pop_front();
+        }
+        idle.push_back(Idle { sender, since: now });
+    }
+
+    /// Number of idle connections (tests, status).
+    pub fn idle_len(&self) -> usize {
+        self.idle.lock().map_or(0, |i| i.len())
+    }
+}
+
+/// Gives a connection back to its pool once the response on it is complete.
+pub struct Release {
+    sender: SendRequest<ProxyBody>,
+    pool: Arc<Pool>,
+}
+
+impl Release {
+    pub fn new(sender: SendRequest<ProxyBody>, pool: Arc<Pool>) -> Self {
+        Self { sender, pool }
+    }
+
+    pub fn now(self) {
+        self.pool.put(self.sender);
+    }
+}
+
+/// An upstream response body that returns its connection to the pool at its end. A body dropped
+/// early (client gone, error) drops the sender instead, and hyper closes that connection.
+pub struct UpstreamBody {
+    inner: Incoming,
+    release: Option<Release>,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, release: Option<Release>) -> Self {
+        let mut b = Self { inner, release };
+        if b.inner.is_end_stream() {
+            b.done();
+        }
+        b
+    }
+
+    fn done(&mut self) {
+        if let Some(r) = self.release.take() {
+            r.now();
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.done();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                if this.inner.is_end_stream() {
+                    this.done();
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.release = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

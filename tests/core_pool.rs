@@ -1,0 +1,216 @@
+//! The HTTP/1.1 upstream connection pool, watched from the upstream's side of real sockets:
+//! connections are reused, one the upstream closed while idle is replaced without an error,
+//! `pool_max_idle` and `pool_idle_timeout` close what they should, and a response body left
+//! unfinished never returns its connection for reuse.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_testkit::extra_a::PREAMBLE;
+use weir_testkit::{TestClient, TestGateway, eventually};
+
+/// A raw HTTP/1.1 upstream that counts the connections it accepted and saw closed.
+struct CountingUpstream {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Behaviour {
+    /// Close the connection this long after each response (an upstream keep-alive timeout).
+    close_after: Option<Duration>,
+    /// Wait this long before answering.
+    delay: Duration,
+    /// Body length of each answer.
+    body_len: usize,
+}
+
+impl CountingUpstream {
+    async fn start(b: Behaviour) -> Self {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request head at a time (the gateway sends GETs without bodies).
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => {
+                                    c.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        tokio::time::sleep(b.delay).await;
+                        let body = "x".repeat(b.body_len);
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-conn: {n}\r\n\r\n",
+                            body.len()
+                        );
+                        if s.write_all(format!("{head}{body}").as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        if let Some(after) = b.close_after {
+                            tokio::time::sleep(after).await;
+                            c.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            closed,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+fn config(up: &CountingUpstream, upstream_extra: &str) -> String {
+    format!(
+        "{PREAMBLE}\n[upstreams.pool]\ntargets = [{{ url = \"http://{}\" }}]\n{upstream_extra}\n\n\
+         [[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"pool\"\n",
+        up.addr
+    )
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let up = CountingUpstream::start(Behaviour {
+        body_len: 10,
+        ..Behaviour::default()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let client = TestClient::new();
+    for _ in 0..20 {
+        let r = client.get(&gw.url("/a")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 10);
+    }
+    assert_eq!(up.accepted(), 1, "each request opened its own connection");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
+    let up = CountingUpstream::start(Behaviour {
+        close_after: Some(Duration::from_millis(30)),
+        ..Behaviour::default()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let client = TestClient::new();
+    for i in 0..5 {
+        let r = client.get(&gw.url("/a")).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert_eq!(up.accepted(), 5);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_connections_beyond_pool_max_idle_are_closed() {
+    let up = CountingUpstream::start(Behaviour {
+        delay: Duration::from_millis(300),
+        ..Behaviour::default()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "pool_max_idle = 1")).await;
+    let client = TestClient::new();
+    let url = gw.url("/a");
+    let answers = futures::future::join_all((0..4).map(|_| client.get(&url))).await;
+    assert!(answers.iter().all(|r| r.status == 200));
+    assert_eq!(
+        up.accepted(),
+        4,
+        "four concurrent requests, four connections"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async { up.closed() == 3 }).await,
+        "closed {} of 4, want 3 (one kept idle)",
+        up.closed()
+    );
+    // The one kept serves the next request.
+    assert_eq!(client.get(&url).await.status, 200);
+    assert_eq!(up.accepted(), 4);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_pool_idle_timeout_is_not_reused() {
+    let up = CountingUpstream::start(Behaviour::default()).await;
+    let gw = TestGateway::start(&config(&up, "pool_idle_timeout = \"200ms\"")).await;
+    let client = TestClient::new();
+    assert_eq!(client.get(&gw.url("/a")).await.status, 200);
+    assert_eq!(client.get(&gw.url("/a")).await.status, 200);
+    assert_eq!(up.accepted(), 1, "reused within the idle timeout");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(client.get(&gw.url("/a")).await.status, 200);
+    assert_eq!(up.accepted(), 2, "an expired idle connection was reused");
+    assert!(
+        eventually(Duration::from_secs(5), || async { up.closed() == 1 }).await,
+        "the expired connection was not closed"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_the_client_abandoned_does_not_return_its_connection() {
+    // A large body the client stops reading: that connection is closed, not reused mid-body.
+    let up = CountingUpstream::start(Behaviour {
+        body_len: 4 << 20,
+        ..Behaviour::default()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(5), || async { up.closed() == 1 }).await,
+        "the abandoned response's upstream connection stayed open"
+    );
+    let small = TestClient::new().get(&gw.url("/after")).await;
+    assert_eq!(small.status, 200);
+    assert_eq!(small.body.len(), 4 << 20);
+    assert_eq!(up.accepted(), 2);
+    gw.shutdown().await;
+}
