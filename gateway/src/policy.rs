@@ -212,6 +212,8 @@ impl ChainSession {
             return Ok(PolicyOutcome::Continue);
         }
         let mut buffered: Option<bytes::Bytes> = None;
+        // Formatted once for the chain; each plugin gets a copy.
+        let client_ip = facts.client_ip.to_string();
         for i in 0..self.route.plugins.len() {
             let plugin = self.route.plugins[i].clone();
             if !plugin.loaded.info.phases.on_request {
@@ -227,12 +229,12 @@ impl ChainSession {
                 None
             };
             let req = host::PolicyRequest {
-                method: out.parts.method.to_string(),
+                method: out.parts.method.as_str().to_owned(),
                 path: out.path.clone(),
                 query: out.parts.uri.query().map(str::to_string),
                 headers: visible_fields(&out.parts.headers, plugin.visible_headers.as_deref()),
                 body,
-                client_ip: facts.client_ip.to_string(),
+                client_ip: client_ip.clone(),
                 route: self.route.spec.name.clone(),
                 request_id: facts.request_id.clone(),
                 scheme: conn.scheme.to_string(),

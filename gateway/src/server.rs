@@ -101,9 +101,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let guard = InFlight::new(&self.conn);
-        let fut = proxy::handle(self.gw.clone(), self.conn.clone(), req);
+        let (gw, conn) = (self.gw.clone(), self.conn.clone());
+        // The request path's future is created inside the box at the first poll, not moved in.
         Box::pin(async move {
-            let res = fut.await?;
+            let res = proxy::handle(gw, conn, req).await?;
             Ok(res.map(|b| GuardedBody::new(b, guard)))
         })
     }

@@ -206,15 +206,20 @@ async fn proxy_with_policies(
     mut fwd: forward::Outgoing,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    // The policy and fan-out futures are a few KiB each and boxed, so that a route without
+    // them does not carry (and move, several times per request) their space.
     // 6. Policies, in order. They see the normalised path.
-    if let PolicyOutcome::Respond(res) = session.on_request(gw, conn, facts, &mut fwd).await? {
+    if !session.is_empty()
+        && let PolicyOutcome::Respond(res) =
+            Box::pin(session.on_request(gw, conn, facts, &mut fwd)).await?
+    {
         return Ok(res);
     }
 
     // 7. Upstream (or the fan-out to several).
     if !route.aggregate.is_empty() {
-        let res = aggregate::run(gw, route, fwd, facts).await?;
-        return session.on_response(gw, facts, res).await;
+        let res = Box::pin(aggregate::run(gw, route, fwd, facts)).await?;
+        return Box::pin(session.on_response(gw, facts, res)).await;
     }
     let Some(upstream) = route.upstream.clone() else {
         return Err(GatewayError::Internal(format!(
@@ -231,7 +236,10 @@ async fn proxy_with_policies(
     };
 
     // 8. Response policies.
-    session.on_response(gw, facts, res).await
+    if session.is_empty() {
+        return Ok(res);
+    }
+    Box::pin(session.on_response(gw, facts, res)).await
 }
 
 /// Host the client addressed: the Host header (HTTP/1) or `:authority`, lower-case, without port.

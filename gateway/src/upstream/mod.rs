@@ -262,7 +262,8 @@ impl Upstream {
         loop {
             let (mut sender, reused) = match target.pool.take() {
                 Some(s) => (s, true),
-                None => (connect_http1(connector, target).await?, false),
+                // Boxed: the connect future (TCP, TLS) is most of this one's size and rarely runs.
+                None => (Box::pin(connect_http1(connector, target)).await?, false),
             };
             // A pooled connection is ready once its task has finished the previous exchange;
             // one that closed meanwhile is dropped.
