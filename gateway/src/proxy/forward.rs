@@ -149,16 +149,7 @@ pub async fn send(
         let per_try = spec.per_try_timeout.map_or(remaining, |p| p.min(remaining));
         facts.upstream_target = Some(target.url_text.clone());
         let result = tokio::time::timeout(per_try, upstream.request(idx, req)).await;
-        gw.metrics
-            .upstream_latency
-            .get_or_create(&crate::metrics::UpstreamLabel {
-                upstream: upstream.label.clone(),
-            })
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = |o: &'static str| crate::metrics::UpstreamOutcome {
-            upstream: upstream.label.clone(),
-            outcome: o,
-        };
+        upstream.observe_latency(&gw.metrics, started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(res)) if res.status().as_u16() >= 600 => {
                 // HTTP defines 100–599; relaying anything else would hand clients a broken message.
@@ -171,10 +162,7 @@ pub async fn send(
             Ok(Ok(res)) => {
                 let status = res.status();
                 upstream.report(idx, !matches!(status.as_u16(), 502..=504));
-                gw.metrics
-                    .upstream_requests
-                    .get_or_create(&outcome(status_class(status)))
-                    .inc();
+                upstream.count_outcome(&gw.metrics, status_class(status));
                 let retry_status = (policy.on_5xx && status.is_server_error())
                     || policy.on_statuses.contains(&status.as_u16());
                 if retry_status && may_retry && idempotent && Instant::now() < deadline {
@@ -210,10 +198,8 @@ pub async fn send(
                 }
                 let connect = e.is_connect();
                 upstream.report(idx, false);
-                gw.metrics
-                    .upstream_requests
-                    .get_or_create(&outcome(if connect { "connect_error" } else { "error" }))
-                    .inc();
+                upstream
+                    .count_outcome(&gw.metrics, if connect { "connect_error" } else { "error" });
                 let retry = if connect {
                     policy.on_connect_failure
                 } else {
@@ -239,10 +225,7 @@ pub async fn send(
             Err(_) => {
                 drop(guard);
                 upstream.report(idx, false);
-                gw.metrics
-                    .upstream_requests
-                    .get_or_create(&outcome("timeout"))
-                    .inc();
+                upstream.count_outcome(&gw.metrics, "timeout");
                 if policy.on_timeout && may_retry && idempotent && Instant::now() < deadline {
                     route.budget.record_retry();
                     continue;

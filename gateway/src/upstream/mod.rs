@@ -7,6 +7,7 @@ pub mod pool;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::config::{UpstreamProtocol, UpstreamSpec};
+use crate::metrics::{Metrics, UpstreamLabel, UpstreamOutcome};
 use balancer::Balancer;
 use http::{HeaderValue, Request, Response, header};
 use hyper::client::conn::http1::SendRequest;
@@ -14,8 +15,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pool::{Pool, Release, UpstreamBody};
-use std::sync::Arc;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Connects TCP, and TLS for `https` targets.
@@ -87,6 +90,10 @@ pub struct Upstream {
     balancer: Balancer,
     in_flight: AtomicUsize,
     epoch: Instant,
+    /// Metric handles, resolved on first use: a family lookup hashes the labels under a lock on
+    /// every request otherwise.
+    latency: OnceLock<Histogram>,
+    by_class: [OnceLock<Counter>; 5],
 }
 
 /// Decrements the upstream and target in-flight counters when the request ends.
@@ -142,6 +149,8 @@ impl Upstream {
             balancer,
             in_flight: AtomicUsize::new(0),
             epoch: Instant::now(),
+            latency: OnceLock::new(),
+            by_class: Default::default(),
         }))
     }
 
@@ -229,6 +238,37 @@ impl Upstream {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records how long a try took (`weir_upstream_latency_seconds`).
+    pub fn observe_latency(&self, metrics: &Metrics, seconds: f64) {
+        self.latency
+            .get_or_init(|| {
+                metrics
+                    .upstream_latency
+                    .get_or_create(&UpstreamLabel {
+                        upstream: self.label.clone(),
+                    })
+                    .clone()
+            })
+            .observe(seconds);
+    }
+
+    /// Counts a try by outcome (`weir_upstream_requests_total`): a status class or an error.
+    pub fn count_outcome(&self, metrics: &Metrics, outcome: &'static str) {
+        let label = || UpstreamOutcome {
+            upstream: self.label.clone(),
+            outcome,
+        };
+        let class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .position(|c| *c == outcome);
+        match class.and_then(|i| self.by_class.get(i)) {
+            Some(slot) => slot
+                .get_or_init(|| metrics.upstream_requests.get_or_create(&label()).clone())
+                .inc(),
+            None => metrics.upstream_requests.get_or_create(&label()).inc(),
+        };
     }
 
     /// Sends `req` (origin-form URI: path and query) to target `idx`. HTTP/1.1 requests take an
