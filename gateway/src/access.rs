@@ -26,13 +26,19 @@ pub fn record(
         .route
         .as_ref()
         .map_or_else(crate::metrics::Name::no_route, |r| r.label.clone());
-    gw.metrics
-        .requests
-        .get_or_create(&crate::metrics::RouteStatus {
-            route: label.clone(),
-            status: status.as_u16(),
-        })
-        .inc();
+    let count = || {
+        gw.metrics
+            .requests
+            .get_or_create(&crate::metrics::RouteStatus {
+                route: label.clone(),
+                status: status.as_u16(),
+            })
+            .clone()
+    };
+    match &facts.route {
+        Some(r) if status == http::StatusCode::OK => r.ok_count.get_or_init(count).inc(),
+        _ => count().inc(),
+    };
     match &facts.route {
         Some(r) => r.latency.observe(head_latency.as_secs_f64()),
         None => gw

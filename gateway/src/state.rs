@@ -26,6 +26,8 @@ pub struct RouteRuntime {
     /// looked up by name on every request.
     pub label: crate::metrics::Name,
     pub latency: prometheus_client::metrics::histogram::Histogram,
+    /// `weir_requests_total{status="200"}` of this route, resolved on its first 200.
+    pub ok_count: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 /// Everything a reload replaces.
@@ -259,6 +261,7 @@ pub async fn build_table(
         let rt = Arc::new(RouteRuntime {
             label,
             latency,
+            ok_count: std::sync::OnceLock::new(),
             upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
             plugins,
             budget: RetryBudget::new(r.retries.budget_percent),
