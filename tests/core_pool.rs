@@ -1,7 +1,8 @@
 //! The HTTP/1.1 upstream connection pool, watched from the upstream's side of real sockets:
 //! connections are reused, one the upstream closed while idle is replaced without an error,
-//! `pool_max_idle` and `pool_idle_timeout` close what they should, and a response body left
-//! unfinished never returns its connection for reuse.
+//! `pool_max_idle` and `pool_idle_timeout` close what they should (also without traffic), and a
+//! connection is not reused while its response body is unfinished or while it is still sending
+//! a request body the upstream answered early.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,6 +18,8 @@ struct CountingUpstream {
     addr: std::net::SocketAddr,
     accepted: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
+    /// Request lines received, in order.
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -35,14 +38,15 @@ impl CountingUpstream {
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
-        let (a, c) = (accepted.clone(), closed.clone());
+        let lines: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let (a, c, ls) = (accepted.clone(), closed.clone(), lines.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = l.accept().await else {
                     continue;
                 };
                 let n = a.fetch_add(1, Ordering::SeqCst) + 1;
-                let c = c.clone();
+                let (c, ls) = (c.clone(), ls.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -58,6 +62,10 @@ impl CountingUpstream {
                             }
                         }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        ls.lock()
+                            .unwrap()
+                            .push(head.lines().next().unwrap_or("").to_string());
                         buf.drain(..end);
                         tokio::time::sleep(b.delay).await;
                         let body = "x".repeat(b.body_len);
@@ -85,6 +93,7 @@ impl CountingUpstream {
             addr,
             accepted,
             closed,
+            lines,
         }
     }
 
@@ -98,9 +107,13 @@ impl CountingUpstream {
 }
 
 fn config(up: &CountingUpstream, upstream_extra: &str) -> String {
+    config_with_route(up, upstream_extra, "")
+}
+
+fn config_with_route(up: &CountingUpstream, upstream_extra: &str, route_extra: &str) -> String {
     format!(
         "{PREAMBLE}\n[upstreams.pool]\ntargets = [{{ url = \"http://{}\" }}]\n{upstream_extra}\n\n\
-         [[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"pool\"\n",
+         [[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"pool\"\n{route_extra}\n",
         up.addr
     )
 }
@@ -212,5 +225,69 @@ async fn a_response_the_client_abandoned_does_not_return_its_connection() {
     assert_eq!(small.status, 200);
     assert_eq!(small.body.len(), 4 << 20);
     assert_eq!(up.accepted(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_pool_idle_timeout_without_traffic() {
+    let up = CountingUpstream::start(Behaviour::default()).await;
+    let gw = TestGateway::start(&config(&up, "pool_idle_timeout = \"200ms\"")).await;
+    assert_eq!(TestClient::new().get(&gw.url("/a")).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async { up.closed() == 1 }).await,
+        "an idle connection outlived pool_idle_timeout with no request to retire it"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_still_sending_a_request_body_is_not_reused() {
+    // The upstream answers every request at once, without reading its body (as a 401 or 413
+    // to an upload would). The client's upload stalls, so that connection is still sending it.
+    let up = CountingUpstream::start(Behaviour::default()).await;
+    let gw = TestGateway::start(&config_with_route(&up, "", "timeout = \"3s\"")).await;
+    let mut upload = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    // Larger than what the gateway buffers for retries, so it is streamed.
+    upload
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    upload.write_all(&[b'a'; 4096]).await.unwrap();
+    let mut head = [0u8; 256];
+    let n = upload.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    // The next request must get a connection of its own, not wait behind the stalled upload.
+    let next = TestClient::new().get(&gw.url("/next")).await;
+    assert_eq!(next.status, 200, "{}", next.text());
+    assert_eq!(up.accepted(), 2);
+    drop(upload);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_empty_rewritten_path_is_sent_as_slash() {
+    let up = CountingUpstream::start(Behaviour::default()).await;
+    let toml = format!(
+        "{PREAMBLE}\n[upstreams.pool]\ntargets = [{{ url = \"http://{}\" }}]\n\n\
+         [[routes]]\nname = \"api\"\nmatch = {{ path_regex = \"^/api(/.*)?$\" }}\nupstream = \"pool\"\nrewrite = \"$1\"\n",
+        up.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    let client = TestClient::new();
+    assert_eq!(client.get(&gw.url("/api/x?q=1")).await.status, 200);
+    assert_eq!(client.get(&gw.url("/api")).await.status, 200);
+    assert_eq!(client.get(&gw.url("/api?q=1")).await.status, 200);
+    assert_eq!(
+        *up.lines.lock().unwrap(),
+        [
+            "GET /x?q=1 HTTP/1.1",
+            "GET / HTTP/1.1",
+            "GET /?q=1 HTTP/1.1"
+        ]
+    );
     gw.shutdown().await;
 }

@@ -236,6 +236,7 @@ pub async fn build_table(
             None => {
                 let u = Upstream::new(spec.clone())?;
                 upstream::health::spawn(&u);
+                upstream::spawn_pool_reaper(&u);
                 u
             }
         };

@@ -74,6 +74,10 @@ pub async fn send(
     } = out;
     let mut body = body.unwrap_or_else(body::empty);
     let mut upath = router::upstream_path(spec, &path);
+    // A rewrite (or a policy) may leave no path: the request target is then "/".
+    if !upath.starts_with('/') {
+        upath.insert(0, '/');
+    }
     if let Some(q) = parts.uri.query()
         && !q.is_empty()
     {

@@ -177,9 +177,10 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// survives (gRPC needs it end to end); `Upgrade` survives when `keep_upgrade` is set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none of these: one pass over the names instead of a lookup for each.
-    if !headers
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE)
+    if !keep_upgrade
+        && !headers
+            .keys()
+            .any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE)
     {
         return;
     }

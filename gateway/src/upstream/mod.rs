@@ -299,6 +299,9 @@ impl Upstream {
         {
             req.headers_mut().insert(header::HOST, h.clone());
         }
+        let (parts, body) = req.into_parts();
+        let (body, sent) = pool::track(body);
+        let mut req = Request::from_parts(parts, body);
         loop {
             let (mut sender, reused) = match target.pool.take() {
                 Some(s) => (s, true),
@@ -314,7 +317,7 @@ impl Upstream {
                 Ok(res) => {
                     // After a protocol switch the connection belongs to the upgraded stream.
                     let release = (res.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| Release::new(sender, target.pool.clone()));
+                        .then(|| Release::new(sender, target.pool.clone(), sent.clone()));
                     return Ok(res.map(|b| UpstreamBody::new(b, release)));
                 }
                 Err(mut e) => match e.take_message() {
@@ -392,6 +395,28 @@ fn build_transport(spec: &UpstreamSpec) -> Result<Transport, BuildError> {
         .timer(hyper_util::rt::TokioTimer::new())
         .http2_only(true);
     Ok(Transport::Http2(Box::new(cb.build(connector))))
+}
+
+/// Closes pooled connections idle past `pool_idle_timeout` when no request comes to find them.
+/// Holds only a `Weak`, so it ends when a reload drops the upstream.
+pub fn spawn_pool_reaper(upstream: &Arc<Upstream>) {
+    if !matches!(upstream.transport, Transport::Http1(_)) {
+        return;
+    }
+    let period = (upstream.spec.pool_idle_timeout / 2).max(Duration::from_millis(50));
+    let weak = Arc::downgrade(upstream);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(up) = weak.upgrade() else { return };
+            for t in &up.targets {
+                t.pool.retire_idle();
+            }
+        }
+    });
 }
 
 /// Opens a new HTTP/1.1 connection to `target`; its I/O runs in its own task.

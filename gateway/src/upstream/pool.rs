@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -67,12 +68,7 @@ impl Pool {
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while idle
-            .front()
-            .is_some_and(|c| now.duration_since(c.since) >= self.idle_timeout)
-        {
-            idle.pop_front();
-        }
+        self.retire_expired(&mut idle, now);
         if idle.len() >= self.max_idle {
             // Full: the oldest goes (dropping its sender closes the connection).
             idle.pop_front();
@@ -80,25 +76,103 @@ impl Pool {
         idle.push_back(Idle { sender, since: now });
     }
 
-    /// Number of idle connections (tests, status).
-    pub fn idle_len(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+    /// Closes the connections idle for `idle_timeout` or longer (oldest first, at the front).
+    fn retire_expired(&self, idle: &mut VecDeque<Idle>, now: Instant) {
+        while idle
+            .front()
+            .is_some_and(|c| now.duration_since(c.since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+    }
+
+    /// Retires expired idle connections without waiting for the next request (see
+    /// [`super::spawn_pool_reaper`]).
+    pub fn retire_idle(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        self.retire_expired(&mut idle, Instant::now());
     }
 }
 
-/// Gives a connection back to its pool once the response on it is complete.
+/// Whether hyper has been handed the whole request body. An upstream may answer before it read
+/// the request (a 401 or 413 to an upload): the connection then keeps writing that body after
+/// the response ended, and pooling it would make the next request wait for the upload.
+#[derive(Clone, Default)]
+pub struct Sent(Option<Arc<AtomicBool>>);
+
+impl Sent {
+    fn complete(&self) -> bool {
+        self.0.as_ref().is_none_or(|f| f.load(Ordering::Acquire))
+    }
+}
+
+/// Wraps a request body so that [`Sent`] learns when its last frame went to hyper. A body that
+/// is empty from the start is not wrapped.
+pub fn track(body: ProxyBody) -> (ProxyBody, Sent) {
+    if body.is_end_stream() {
+        return (body, Sent(None));
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    let tracked = SentBody {
+        inner: body,
+        flag: flag.clone(),
+    };
+    (crate::body::boxed(tracked), Sent(Some(flag)))
+}
+
+struct SentBody {
+    inner: ProxyBody,
+    flag: Arc<AtomicBool>,
+}
+
+impl Body for SentBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => this.flag.store(true, Ordering::Release),
+            // hyper stops polling a body that says it has ended.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                this.flag.store(true, Ordering::Release)
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Gives a connection back to its pool once the exchange on it is complete.
 pub struct Release {
     sender: SendRequest<ProxyBody>,
     pool: Arc<Pool>,
+    sent: Sent,
 }
 
 impl Release {
-    pub fn new(sender: SendRequest<ProxyBody>, pool: Arc<Pool>) -> Self {
-        Self { sender, pool }
+    pub fn new(sender: SendRequest<ProxyBody>, pool: Arc<Pool>, sent: Sent) -> Self {
+        Self { sender, pool, sent }
     }
 
+    /// The response has ended. A connection still writing its request body is not pooled:
+    /// dropping its sender lets hyper finish that exchange and close it.
     pub fn now(self) {
-        self.pool.put(self.sender);
+        if self.sent.complete() {
+            self.pool.put(self.sender);
+        }
     }
 }
 
