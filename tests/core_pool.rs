@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_testkit::extra_a::PREAMBLE;
+use weir_testkit::extra_b::TestPki;
 use weir_testkit::{TestClient, TestGateway, eventually};
 
 /// A raw HTTP/1.1 upstream that counts the connections it accepted and saw closed.
@@ -288,6 +289,98 @@ async fn an_empty_rewritten_path_is_sent_as_slash() {
             "GET / HTTP/1.1",
             "GET /?q=1 HTTP/1.1"
         ]
+    );
+    gw.shutdown().await;
+}
+
+/// An HTTPS upstream for `up.test` (certificate from `pki`); counts TLS connections accepted.
+async fn tls_upstream(pki: &TestPki) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use rustls_pki_types::pem::PemObject;
+    let leaf = pki.server_cert(&["up.test"]);
+    let certs = vec![leaf.der.clone()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let (acceptor, a) = (acceptor.clone(), a.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"tls-ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn https_targets_are_verified_with_the_configured_ca_and_sni_and_pooled() {
+    let pki = TestPki::new("upstream-ca");
+    let (addr, accepted) = tls_upstream(&pki).await;
+    let config = |tls: &str| {
+        format!(
+            "{PREAMBLE}\n[upstreams.pool]\ntargets = [{{ url = \"https://{addr}\" }}]\n{tls}\n\n\
+             [[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"pool\"\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
+    let gw = TestGateway::start_in(dir, &config("tls = { ca = \"ca.pem\", sni = \"up.test\" }"))
+        .await
+        .unwrap();
+    let client = TestClient::new();
+    for _ in 0..3 {
+        let r = client.get(&gw.url("/a")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "tls-ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one pooled TLS connection"
+    );
+    gw.shutdown().await;
+
+    // Without the CA the upstream's certificate is not trusted, and without `sni` the name
+    // checked is the target's address, which the certificate does not cover: 502 both times.
+    let gw = TestGateway::start(&config("tls = { sni = \"up.test\" }")).await;
+    let r = client.get(&gw.url("/a")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    gw.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
+    let gw = TestGateway::start_in(dir, &config("tls = { ca = \"ca.pem\" }"))
+        .await
+        .unwrap();
+    let r = client.get(&gw.url("/a")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "no TLS session was completed"
     );
     gw.shutdown().await;
 }
