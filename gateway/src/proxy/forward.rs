@@ -108,7 +108,8 @@ pub async fn send(
     };
     let idempotent = idempotent(&parts.method);
     let key = hash_key(upstream, &parts, facts);
-    let deadline = Instant::now() + spec.timeout;
+    let mut now = Instant::now();
+    let deadline = now + spec.timeout;
     let policy = &spec.retries;
     let mut tried: Vec<usize> = Vec::new();
     route.budget.record_request();
@@ -148,7 +149,13 @@ pub async fn send(
         if req.version() == http::Version::HTTP_2 {
             req.headers_mut().remove(header::HOST);
         }
-        let started = Instant::now();
+        // The first try starts now; a retry reads the clock again.
+        let started = if tried.len() == 1 {
+            now
+        } else {
+            now = Instant::now();
+            now
+        };
         let remaining = deadline.saturating_duration_since(started);
         let per_try = spec.per_try_timeout.map_or(remaining, |p| p.min(remaining));
         facts.upstream_target = Some(target.url_text.clone());
@@ -297,11 +304,15 @@ pub fn splice_upgrade(
     Response::from_parts(parts, body::empty())
 }
 
-/// A body that fails if no frame arrives for `idle`.
+/// A body that fails if the upstream sends no frame for `idle` while we wait for one. The timer
+/// starts when a poll finds no frame ready (most small bodies arrive with the head and never
+/// need one), so the wait for the client to take a frame does not count.
 struct IdleTimeoutBody<B> {
     inner: B,
     idle: std::time::Duration,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Armed while waiting; `None` when the last poll produced a frame.
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
 }
 
 impl<B> IdleTimeoutBody<B> {
@@ -309,7 +320,8 @@ impl<B> IdleTimeoutBody<B> {
         Self {
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: None,
+            waiting: false,
         }
     }
 }
@@ -334,14 +346,26 @@ where
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(f) => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.sleep.as_mut().reset(deadline);
+                this.waiting = false;
                 Poll::Ready(f.map(|r| r.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !this.waiting {
+                    // A new wait: (re)arm the timer from now.
+                    this.waiting = true;
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    match &mut this.sleep {
+                        Some(s) => s.as_mut().reset(deadline),
+                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => {
+                        Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(this.idle)))))
+                    }
+                    _ => Poll::Pending,
+                }
+            }
         }
     }
 
