@@ -106,6 +106,15 @@ impl Sent {
     }
 }
 
+/// Marks the request body sent.
+struct MarkSent(Arc<AtomicBool>);
+
+impl AtEnd for MarkSent {
+    fn at_end(self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// Wraps a request body so that [`Sent`] learns when its last frame went to hyper. A body that
 /// is empty from the start is not wrapped.
 pub fn track(body: ProxyBody) -> (ProxyBody, Sent) {
@@ -113,46 +122,8 @@ pub fn track(body: ProxyBody) -> (ProxyBody, Sent) {
         return (body, Sent(None));
     }
     let flag = Arc::new(AtomicBool::new(false));
-    let tracked = SentBody {
-        inner: body,
-        flag: flag.clone(),
-    };
+    let tracked = OnEnd::new(body, Some(MarkSent(flag.clone())));
     (crate::body::boxed(tracked), Sent(Some(flag)))
-}
-
-struct SentBody {
-    inner: ProxyBody,
-    flag: Arc<AtomicBool>,
-}
-
-impl Body for SentBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.flag.store(true, Ordering::Release),
-            // hyper stops polling a body that says it has ended.
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                this.flag.store(true, Ordering::Release)
-            }
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// Gives a connection back to its pool once the exchange on it is complete.
@@ -166,10 +137,12 @@ impl Release {
     pub fn new(sender: SendRequest<ProxyBody>, pool: Arc<Pool>, sent: Sent) -> Self {
         Self { sender, pool, sent }
     }
+}
 
+impl AtEnd for Release {
     /// The response has ended. A connection still writing its request body is not pooled:
     /// dropping its sender lets hyper finish that exchange and close it.
-    pub fn now(self) {
+    fn at_end(self) {
         if self.sent.complete() {
             self.pool.put(self.sender);
         }
@@ -178,28 +151,42 @@ impl Release {
 
 /// An upstream response body that returns its connection to the pool at its end. A body dropped
 /// early (client gone, error) drops the sender instead, and hyper closes that connection.
-pub struct UpstreamBody {
-    inner: Incoming,
-    release: Option<Release>,
+pub type UpstreamBody = OnEnd<Incoming, Release>;
+
+/// What to do once a body has produced its last frame.
+pub trait AtEnd {
+    fn at_end(self);
 }
 
-impl UpstreamBody {
-    pub fn new(inner: Incoming, release: Option<Release>) -> Self {
-        let mut b = Self { inner, release };
+/// A body that runs its [`AtEnd`] once, right after its last frame (at once if it starts
+/// empty); never after an error or when dropped before the end.
+pub struct OnEnd<B, A> {
+    inner: B,
+    at_end: Option<A>,
+}
+
+impl<B: Body, A: AtEnd> OnEnd<B, A> {
+    pub fn new(inner: B, at_end: Option<A>) -> Self {
+        let mut b = Self { inner, at_end };
         if b.inner.is_end_stream() {
-            b.done();
+            b.fire();
         }
         b
     }
 
-    fn done(&mut self) {
-        if let Some(r) = self.release.take() {
-            r.now();
+    fn fire(&mut self) {
+        if let Some(a) = self.at_end.take() {
+            a.at_end();
         }
     }
 }
 
-impl Body for UpstreamBody {
+impl<B, A> Body for OnEnd<B, A>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    A: AtEnd + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -210,18 +197,19 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                this.done();
+                this.fire();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(f))) => {
+                // hyper stops polling a body that says it has ended.
                 if this.inner.is_end_stream() {
-                    this.done();
+                    this.fire();
                 }
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.release = None;
-                Poll::Ready(Some(Err(Box::new(e))))
+                this.at_end = None;
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => Poll::Pending,
         }
