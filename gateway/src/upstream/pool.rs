@@ -32,14 +32,6 @@ pub struct Pool {
     idle_timeout: Duration,
 }
 
-/// A connection checked out for one request.
-pub struct Checkout {
-    pub sender: SendRequest<ProxyBody>,
-    /// Whether it served a request before: an unsent request on a reused connection that turns
-    /// out closed may be sent again on another.
-    pub reused: bool,
-}
-
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
