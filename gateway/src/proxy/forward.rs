@@ -9,7 +9,7 @@ use crate::router;
 use crate::state::{Gateway, RouteRuntime};
 use crate::upstream::{Upstream, balancer::hash_bytes};
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -108,8 +108,8 @@ pub async fn send(
     };
     let idempotent = idempotent(&parts.method);
     let key = hash_key(upstream, &parts, facts);
-    let mut now = Instant::now();
-    let deadline = now + spec.timeout;
+    let mut started = Instant::now();
+    let deadline = started + spec.timeout;
     let policy = &spec.retries;
     let mut tried: Vec<usize> = Vec::new();
     route.budget.record_request();
@@ -149,13 +149,10 @@ pub async fn send(
         if req.version() == http::Version::HTTP_2 {
             req.headers_mut().remove(header::HOST);
         }
-        // The first try starts now; a retry reads the clock again.
-        let started = if tried.len() == 1 {
-            now
-        } else {
-            now = Instant::now();
-            now
-        };
+        // The first try starts with the deadline's clock read; a retry reads the clock again.
+        if attempt > 0 {
+            started = Instant::now();
+        }
         let remaining = deadline.saturating_duration_since(started);
         let per_try = spec.per_try_timeout.map_or(remaining, |p| p.min(remaining));
         facts.upstream_target = Some(target.url_text.clone());
@@ -173,7 +170,7 @@ pub async fn send(
             Ok(Ok(res)) => {
                 let status = res.status();
                 upstream.report(idx, !matches!(status.as_u16(), 502..=504));
-                upstream.count_outcome(&gw.metrics, status_class(status));
+                upstream.count_status(&gw.metrics, status);
                 let retry_status = (policy.on_5xx && status.is_server_error())
                     || policy.on_statuses.contains(&status.as_u16());
                 if retry_status && may_retry && idempotent && Instant::now() < deadline {
@@ -210,7 +207,7 @@ pub async fn send(
                 let connect = e.is_connect();
                 upstream.report(idx, false);
                 upstream
-                    .count_outcome(&gw.metrics, if connect { "connect_error" } else { "error" });
+                    .count_failure(&gw.metrics, if connect { "connect_error" } else { "error" });
                 let retry = if connect {
                     policy.on_connect_failure
                 } else {
@@ -236,7 +233,7 @@ pub async fn send(
             Err(_) => {
                 drop(guard);
                 upstream.report(idx, false);
-                upstream.count_outcome(&gw.metrics, "timeout");
+                upstream.count_failure(&gw.metrics, "timeout");
                 if policy.on_timeout && may_retry && idempotent && Instant::now() < deadline {
                     route.budget.record_retry();
                     continue;
@@ -244,16 +241,6 @@ pub async fn send(
                 return Err(GatewayError::UpstreamTimeout(name.to_string()));
             }
         }
-    }
-}
-
-fn status_class(s: StatusCode) -> &'static str {
-    match s.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
     }
 }
 
@@ -310,8 +297,9 @@ pub fn splice_upgrade(
 struct IdleTimeoutBody<B> {
     inner: B,
     idle: std::time::Duration,
-    /// Armed while waiting; `None` when the last poll produced a frame.
+    /// Created at the first wait, re-armed at each new one.
     sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The last poll found no frame: the timer runs.
     waiting: bool,
 }
 

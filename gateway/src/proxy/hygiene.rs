@@ -224,7 +224,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Response-side hop-by-hop stripping (keeps the 101 handshake headers).
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
     strip_hop_by_hop(headers, switching);
-    if !switching && headers.contains_key(header::TE) {
+    if !switching {
         headers.remove(header::TE);
     }
 }
@@ -239,8 +239,7 @@ pub fn forwarded_headers(
     scheme: &str,
     host: &str,
 ) -> IpAddr {
-    let peer_trusted = !trusted.is_empty() && trusted.iter().any(|n| n.contains(&peer));
-    let xff = X_FORWARDED_FOR;
+    let peer_trusted = trusted.iter().any(|n| n.contains(&peer));
     let mut client = peer;
     let proto = match scheme {
         "https" => HeaderValue::from_static("https"),
@@ -252,7 +251,7 @@ pub fn forwarded_headers(
     };
     if peer_trusted {
         let prior: Vec<String> = headers
-            .get_all(&xff)
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -275,7 +274,7 @@ pub fn forwarded_headers(
             chain.push_str(", ");
         }
         chain.push_str(&peer.to_string());
-        set(headers, xff, &chain);
+        set(headers, X_FORWARDED_FOR, &chain);
         if !headers.contains_key(X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, proto);
         }
@@ -283,7 +282,7 @@ pub fn forwarded_headers(
             set(headers, X_FORWARDED_HOST, host);
         }
     } else {
-        headers.insert(xff, ip_value(peer));
+        headers.insert(X_FORWARDED_FOR, ip_value(peer));
         headers.insert(X_FORWARDED_PROTO, proto);
         set(headers, X_FORWARDED_HOST, host);
     }

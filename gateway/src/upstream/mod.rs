@@ -44,6 +44,8 @@ pub enum SendError {
     Client(hyper_util::client::legacy::Error),
     #[error("cannot build upstream URI")]
     Uri(#[source] http::uri::InvalidUriParts),
+    #[error("no target {0}")]
+    NoTarget(usize),
 }
 
 impl SendError {
@@ -52,7 +54,7 @@ impl SendError {
         match self {
             SendError::Connect(_) => true,
             SendError::Client(e) => e.is_connect(),
-            SendError::Request(_) | SendError::Uri(_) => false,
+            SendError::Request(_) | SendError::Uri(_) | SendError::NoTarget(_) => false,
         }
     }
 }
@@ -254,21 +256,35 @@ impl Upstream {
             .observe(seconds);
     }
 
-    /// Counts a try by outcome (`weir_upstream_requests_total`): a status class or an error.
-    pub fn count_outcome(&self, metrics: &Metrics, outcome: &'static str) {
-        let label = || UpstreamOutcome {
-            upstream: self.label.clone(),
-            outcome,
+    /// Counts a try that got a response, by status class (`weir_upstream_requests_total`).
+    pub fn count_status(&self, metrics: &Metrics, status: http::StatusCode) {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        // Statuses above 599 are refused before this and counted as errors.
+        let i = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let Some(slot) = self.by_class.get(i) else {
+            return;
         };
-        let class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .position(|c| *c == outcome);
-        match class.and_then(|i| self.by_class.get(i)) {
-            Some(slot) => slot
-                .get_or_init(|| metrics.upstream_requests.get_or_create(&label()).clone())
-                .inc(),
-            None => metrics.upstream_requests.get_or_create(&label()).inc(),
-        };
+        slot.get_or_init(|| {
+            metrics
+                .upstream_requests
+                .get_or_create(&UpstreamOutcome {
+                    upstream: self.label.clone(),
+                    outcome: CLASSES[i],
+                })
+                .clone()
+        })
+        .inc();
+    }
+
+    /// Counts a try that got no response: `connect_error`, `error` or `timeout`.
+    pub fn count_failure(&self, metrics: &Metrics, outcome: &'static str) {
+        metrics
+            .upstream_requests
+            .get_or_create(&UpstreamOutcome {
+                upstream: self.label.clone(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Sends `req` (origin-form URI: path and query) to target `idx`. HTTP/1.1 requests take an
@@ -280,7 +296,7 @@ impl Upstream {
         mut req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let Some(target) = self.targets.get(idx) else {
-            return Err(SendError::Connect("target index out of range".into()));
+            return Err(SendError::NoTarget(idx));
         };
         let connector = match &self.transport {
             Transport::Http2(client) => {
