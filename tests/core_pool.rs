@@ -31,6 +31,8 @@ struct Behaviour {
     delay: Duration,
     /// Body length of each answer.
     body_len: usize,
+    /// Answer with a chunked body followed by a trailer field.
+    trailers: bool,
 }
 
 impl CountingUpstream {
@@ -70,14 +72,19 @@ impl CountingUpstream {
                         buf.drain(..end);
                         tokio::time::sleep(b.delay).await;
                         let body = "x".repeat(b.body_len);
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-conn: {n}\r\n\r\n",
-                            body.len()
-                        );
-                        if s.write_all(format!("{head}{body}").as_bytes())
-                            .await
-                            .is_err()
-                        {
+                        let answer = if b.trailers {
+                            format!(
+                                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\
+                                 x-conn: {n}\r\n\r\n{:x}\r\n{body}\r\n0\r\nx-sum: 42\r\n\r\n",
+                                body.len()
+                            )
+                        } else {
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-conn: {n}\r\n\r\n{body}",
+                                body.len()
+                            )
+                        };
+                        if s.write_all(answer.as_bytes()).await.is_err() {
                             c.fetch_add(1, Ordering::SeqCst);
                             return;
                         }
@@ -134,6 +141,30 @@ async fn sequential_requests_share_one_upstream_connection() {
         assert_eq!(r.body.len(), 10);
     }
     assert_eq!(up.accepted(), 1, "each request opened its own connection");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_chunked_response_with_trailers_returns_its_connection() {
+    // hyper stops reading a body after its trailers, without asking for the end of the stream.
+    let up = CountingUpstream::start(Behaviour {
+        body_len: 10,
+        trailers: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let client = TestClient::new();
+    for i in 0..3 {
+        let r = client.get(&gw.url("/t")).await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body, "x".repeat(10).as_bytes());
+    }
+    assert_eq!(
+        up.accepted(),
+        1,
+        "a response with trailers did not return its connection"
+    );
     gw.shutdown().await;
 }
 

@@ -193,8 +193,9 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(f))) => {
-                // hyper stops polling a body that says it has ended.
-                if this.inner.is_end_stream() {
+                // hyper stops polling a body that says it has ended, and one that yielded its
+                // trailers (always the last frame), so neither waits for the `None`.
+                if f.is_trailers() || this.inner.is_end_stream() {
                     this.fire();
                 }
                 Poll::Ready(Some(Ok(f)))
