@@ -388,3 +388,47 @@ async fn connect_failure_retry_covers_posts_with_bodies() {
     }
     gw.shutdown().await;
 }
+
+/// When every target has been tried, the client gets the last try's own outcome: a refused
+/// connection is a 502 `upstream-connect-failed`, and an upstream's 503 is relayed as it is, not
+/// replaced by the gateway's "no healthy target".
+#[tokio::test]
+async fn retries_that_run_out_of_targets_report_the_last_outcome() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = TestGateway::start(&pool_config(
+        &[(format!("http://{dead}"), 1)],
+        "passive = { consecutive_failures = 1000 }",
+        "retries = { attempts = 2, on = [\"connect-failure\", \"503\"] }",
+    ))
+    .await;
+    let r = TestClient::new().get(&gw.url("/x")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        r.json()["type"],
+        "https://weir.dev/problems/upstream-connect-failed"
+    );
+    gw.shutdown().await;
+
+    let busy = TestUpstream::start_with(
+        "busy",
+        UpstreamBehavior {
+            status: Some(503),
+            ..UpstreamBehavior::default()
+        },
+    )
+    .await;
+    let gw = TestGateway::start(&pool_config(
+        &[(busy.url(), 1)],
+        "passive = { consecutive_failures = 1000 }",
+        "retries = { attempts = 2, on = [\"connect-failure\", \"503\"] }",
+    ))
+    .await;
+    let r = TestClient::new().get(&gw.url("/x")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(served_by(&r).as_deref(), Some("busy"), "{}", r.text());
+    assert_eq!(busy.hits.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
+}

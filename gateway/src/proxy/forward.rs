@@ -114,13 +114,19 @@ pub async fn send(
     let mut tried: Vec<usize> = Vec::new();
     route.budget.record_request();
     let name = upstream.spec.name.as_str();
+    // The target of the next try, chosen when a failed try decides to retry: when every target
+    // has been tried there is none, and the client gets that try's own outcome.
+    let mut next: Option<usize> = None;
 
     loop {
         let attempt = tried.len() as u32;
         let may_retry = replay.is_some() && attempt < policy.attempts && route.budget.can_retry();
-        let idx = upstream
-            .pick(key, &tried)
-            .ok_or_else(|| GatewayError::NoHealthyTarget(name.to_string()))?;
+        let idx = match next.take() {
+            Some(i) => i,
+            None => upstream
+                .pick(key, &tried)
+                .ok_or_else(|| GatewayError::NoHealthyTarget(name.to_string()))?,
+        };
         tried.push(idx);
         let guard = upstream
             .acquire(idx)
@@ -174,8 +180,11 @@ pub async fn send(
                 let retry_status = (policy.on_5xx && status.is_server_error())
                     || policy.on_statuses.contains(&status.as_u16());
                 if retry_status && may_retry && idempotent && Instant::now() < deadline {
-                    route.budget.record_retry();
-                    continue;
+                    next = upstream.pick(key, &tried);
+                    if next.is_some() {
+                        route.budget.record_retry();
+                        continue;
+                    }
                 }
                 let (rparts, rbody) = res.into_parts();
                 // Keep the in-flight slot until the body has been relayed (least-request, breaker),
@@ -214,8 +223,11 @@ pub async fn send(
                     policy.on_reset && idempotent
                 };
                 if retry && may_retry && Instant::now() < deadline {
-                    route.budget.record_retry();
-                    continue;
+                    next = upstream.pick(key, &tried);
+                    if next.is_some() {
+                        route.budget.record_retry();
+                        continue;
+                    }
                 }
                 let reason = error_chain(&e);
                 return Err(if connect {
@@ -235,8 +247,11 @@ pub async fn send(
                 upstream.report(idx, false);
                 upstream.count_failure(&gw.metrics, "timeout");
                 if policy.on_timeout && may_retry && idempotent && Instant::now() < deadline {
-                    route.budget.record_retry();
-                    continue;
+                    next = upstream.pick(key, &tried);
+                    if next.is_some() {
+                        route.budget.record_retry();
+                        continue;
+                    }
                 }
                 return Err(GatewayError::UpstreamTimeout(name.to_string()));
             }
