@@ -4,7 +4,8 @@
 
 use crate::backend;
 
-/// Adds `value` to counter `name` with `labels`.
+/// Adds `value` to counter `name` with `labels`, exported as `weir_plugin_custom_<name>` with
+/// one `_total` suffix whether or not `name` ends with it.
 pub fn counter_add(name: &str, labels: &[(&str, &str)], value: u64) {
     backend::metrics_counter_add(name, labels, value);
 }

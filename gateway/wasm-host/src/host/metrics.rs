@@ -69,6 +69,14 @@ impl CustomMetrics {
                 "invalid metric name `{name}` (use [a-zA-Z_][a-zA-Z0-9_]*, ≤ {MAX_NAME})"
             ));
         }
+        // The exporter adds `_total` to counters; a name that already has it keeps one.
+        let name = match value {
+            Value::Count(_) => name
+                .strip_suffix("_total")
+                .filter(|n| !n.is_empty())
+                .unwrap_or(name),
+            Value::Observe(_) => name,
+        };
         if labels.len() > MAX_LABELS {
             return Err(format!("too many labels (max {MAX_LABELS})"));
         }
@@ -221,6 +229,10 @@ mod tests {
             .is_err()
         );
         m.record("p2", "size", vec![], Value::Observe(0.3)).unwrap();
+        // A counter named with the conventional suffix is not exported as `_total_total`.
+        m.record("p2", "denied_total", vec![], Value::Count(1))
+            .unwrap();
+        m.record("p2", "denied", vec![], Value::Count(1)).unwrap();
 
         let mut reg = Registry::with_prefix("weir");
         reg.register_collector(Box::new(m.clone()));
@@ -234,6 +246,11 @@ mod tests {
             out.contains("weir_plugin_custom_size_count{plugin=\"p2\"} 1"),
             "{out}"
         );
+        assert!(
+            out.contains("weir_plugin_custom_denied_total{plugin=\"p2\"} 2"),
+            "{out}"
+        );
+        assert!(!out.contains("_total_total"), "{out}");
     }
 
     #[test]
