@@ -99,51 +99,89 @@ async fn handle(
 /// be at least 32 bytes).
 const REDACTED: &str = "<redacted-by-the-weir-admin-config-view>";
 
-/// Key names whose values never leave the process through the config view.
+/// Key names whose string values never leave the process through the config view (plugin
+/// configs included: basic-auth `users`, api-key-auth `keys`, a headers plugin's
+/// `authorization`).
 fn is_secret_key(k: &str) -> bool {
-    let k = k.to_ascii_lowercase();
-    ["secret", "password", "token", "hmac"]
-        .iter()
-        .any(|w| k.contains(w))
+    let k = k.to_ascii_lowercase().replace('-', "_");
+    [
+        "secret",
+        "password",
+        "passwd",
+        "token",
+        "hmac",
+        "authorization",
+        "cookie",
+        "credential",
+        "api_key",
+        "apikey",
+        "private",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
         || k == "keys"
         || k == "users"
 }
 
+/// `scheme://user:password@host…` with the password masked, as `/admin/status` shows the
+/// Redis URL; `None` for any other string.
+fn mask_url_password(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    let (user, _password) = rest[..at].split_once(':')?;
+    Some(format!("{scheme}://{user}:***{}", &rest[at..]))
+}
+
 /// The config text with secret values replaced, whatever TOML form they were written in
-/// (dotted, inline tables, multi-line strings). Falls back to a notice if the text does not parse.
+/// (dotted, inline tables, multi-line strings). Only strings are replaced, and a table under a
+/// secret key keeps its keys (user names) with every string in it replaced, so the view keeps
+/// the structure and still validates; booleans and numbers (`forward_token = false`) are shown.
+/// The names of upstreams and key sets are names, not secrets. Falls back to a notice if the
+/// text does not parse.
 fn redact(text: &str) -> String {
-    fn walk_value(v: &mut toml_edit::Value) {
+    /// Replaces every string in `v` (`secret`), or only URL passwords (`!secret`).
+    fn walk_value(v: &mut toml_edit::Value, secret: bool) {
         match v {
-            toml_edit::Value::InlineTable(t) => {
-                for (k, v) in t.iter_mut() {
-                    if is_secret_key(k.get()) {
-                        *v = toml_edit::Value::from(REDACTED);
-                    } else {
-                        walk_value(v);
-                    }
+            toml_edit::Value::String(s) => {
+                if secret {
+                    *v = toml_edit::Value::from(REDACTED);
+                } else if let Some(masked) = mask_url_password(s.value()) {
+                    *v = toml_edit::Value::from(masked);
                 }
             }
-            toml_edit::Value::Array(a) => a.iter_mut().for_each(walk_value),
+            toml_edit::Value::InlineTable(t) => {
+                for (k, v) in t.iter_mut() {
+                    walk_value(v, secret || is_secret_key(k.get()));
+                }
+            }
+            toml_edit::Value::Array(a) => a.iter_mut().for_each(|v| walk_value(v, secret)),
             _ => {}
         }
     }
-    fn walk_table(t: &mut toml_edit::Table) {
+    /// `names`: this table's keys are names chosen by the user (`[upstreams]`, `[key_sets]`).
+    fn walk_table(t: &mut toml_edit::Table, secret: bool, names: bool, top: bool) {
         for (k, item) in t.iter_mut() {
-            if is_secret_key(k.get()) {
-                *item = toml_edit::value(REDACTED);
-                continue;
-            }
+            let secret = secret || (!names && is_secret_key(k.get()));
+            let child_names = top && matches!(k.get(), "upstreams" | "key_sets");
             match item {
-                toml_edit::Item::Table(t) => walk_table(t),
-                toml_edit::Item::ArrayOfTables(a) => a.iter_mut().for_each(walk_table),
-                toml_edit::Item::Value(v) => walk_value(v),
+                toml_edit::Item::Table(t) => walk_table(t, secret, child_names, false),
+                toml_edit::Item::ArrayOfTables(a) => a
+                    .iter_mut()
+                    .for_each(|t| walk_table(t, secret, false, false)),
+                toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) if child_names => {
+                    for (_, v) in t.iter_mut() {
+                        walk_value(v, secret);
+                    }
+                }
+                toml_edit::Item::Value(v) => walk_value(v, secret),
                 toml_edit::Item::None => {}
             }
         }
     }
     match text.parse::<toml_edit::DocumentMut>() {
         Ok(mut doc) => {
-            walk_table(doc.as_table_mut());
+            walk_table(doc.as_table_mut(), false, false, true);
             doc.to_string()
         }
         Err(_) => "# the active config could not be re-read for display\n".to_string(),
@@ -209,4 +247,49 @@ fn status(gw: &Gateway) -> serde_json::Value {
         "last_reload": last,
         "policy_backend": gw.policies.backend_status(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn the_config_view_hides_secrets_and_shows_names_and_flags() {
+        let text = r#"
+[cluster]
+redis = "redis://admin:s3cr3tpass@10.0.0.5:6379/0"
+
+[key_sets.tokens]
+hmac_secret = "hmac-secret-value-0123456789abcdef0123"
+
+[upstreams.users]
+targets = [{ url = "http://127.0.0.1:9001" }]
+
+[[routes]]
+name = "users"
+match = { path_prefix = "/users" }
+upstream = "users"
+plugins = [
+  { name = "jwt-auth", wasm = "a.wasm", config = { key_set = "tokens", forward_token = false } },
+  { name = "basic-auth", wasm = "b.wasm", config = { users = { alice = "alice-pw" } } },
+  { name = "headers", wasm = "h.wasm", config = { request = { set = { Authorization = "Basic c2VjcmV0", x-env = "prod" } } } },
+]
+"#;
+        let view = redact(text);
+        for secret in ["s3cr3tpass", "hmac-secret-value", "alice-pw", "c2VjcmV0"] {
+            assert!(!view.contains(secret), "{secret} leaked:\n{view}");
+        }
+        for shown in [
+            "redis://admin:***@10.0.0.5:6379/0",
+            "[key_sets.tokens]",
+            "[upstreams.users]",
+            "targets = [{ url = \"http://127.0.0.1:9001\" }]",
+            "key_set = \"tokens\"",
+            "forward_token = false",
+            "alice = \"<redacted",
+            "x-env = \"prod\"",
+        ] {
+            assert!(view.contains(shown), "{shown} missing:\n{view}");
+        }
+    }
 }
