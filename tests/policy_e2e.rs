@@ -822,3 +822,37 @@ plugins = [
     assert_eq!(upstream_header(&r, "ratelimit-limit"), None);
     gw.shutdown().await;
 }
+
+/// `[runtime] pool_max_uses` recycles pooled instances after that many calls.
+#[tokio::test]
+async fn pool_max_uses_recycles_pooled_instances() {
+    use weir_testkit::extra_a::{metric, scrape};
+    let up = TestUpstream::start("echo").await;
+    let toml = |uses: u64| {
+        format!(
+            "{pre}\n[runtime]\npool_max_uses = {uses}\n\n[[routes]]\nname = \"r\"\n\
+             match = {{ path_prefix = \"/\" }}\nupstream = \"echo\"\n\
+             plugins = [{{ name = \"noop\", wasm = {w:?} }}]\n",
+            pre = preamble(&up.url()),
+            w = plugin("noop").display().to_string(),
+        )
+    };
+    for (uses, at_least, at_most) in [(2, 5.0, 6.0), (10_000, 1.0, 1.0)] {
+        let gw = TestGateway::start(&toml(uses)).await;
+        let client = TestClient::new();
+        for _ in 0..10 {
+            assert_eq!(client.get(&gw.url("/x")).await.status, 200);
+        }
+        let n = metric(
+            &scrape(&gw).await,
+            "weir_plugin_instantiations_total",
+            &[("plugin", "route r/0:noop")],
+        )
+        .unwrap_or(0.0);
+        assert!(
+            (at_least..=at_most).contains(&n),
+            "pool_max_uses = {uses}: {n} instantiations for 10 calls"
+        );
+        gw.shutdown().await;
+    }
+}

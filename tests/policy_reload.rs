@@ -408,3 +408,61 @@ async fn default_cpu_limit_does_not_fail_requests_under_contention() {
         failed.first()
     );
 }
+
+/// `[key_sets]` follow reloads: a rotated HMAC secret takes over without a restart, and a
+/// jwt-auth plugin naming a key set the config lacks fails its `init`, so that reload (and
+/// `weir validate`) is refused while the previous keys keep verifying.
+#[tokio::test]
+async fn key_sets_follow_reloads_and_an_unknown_key_set_is_refused() {
+    use weir_testkit::extra_c::{hs256, now};
+    const OLD: &str = "key-set-reload-old-secret-0123456789abcdef";
+    const NEW: &str = "key-set-reload-new-secret-0123456789abcdef";
+    let up = TestUpstream::start("echo").await;
+    let cfg = |secret: &str, key_set: &str| {
+        format!(
+            "{pre}\n[key_sets.main]\nhmac_secret = \"{secret}\"\n\n[[routes]]\nname = \"r\"\n\
+             match = {{ path_prefix = \"/\" }}\nupstream = \"echo\"\n\
+             plugins = [{{ name = \"jwt-auth\", wasm = {wasm:?}, config = {{ key_set = \"{key_set}\" }} }}]\n",
+            pre = preamble(&up.url()),
+            wasm = plugin("jwt_auth").display().to_string(),
+        )
+    };
+    let gw = TestGateway::start(&cfg(OLD, "main")).await;
+    let claims = serde_json::json!({ "sub": "alice", "exp": now() + 600 });
+    let (old_token, new_token) = (
+        hs256(OLD.as_bytes(), &claims),
+        hs256(NEW.as_bytes(), &claims),
+    );
+    let client = TestClient::new();
+    let status = |token: String| {
+        let (client, url) = (&client, gw.url("/x"));
+        async move {
+            client
+                .get_with(&url, &[("authorization", &format!("Bearer {token}"))])
+                .await
+                .status
+        }
+    };
+    assert_eq!(status(old_token.clone()).await, 200);
+    assert_eq!(status(new_token.clone()).await, 401);
+
+    // A typo in the plugin's key set: refused, the old secret still verifies.
+    replace_atomically(&gw.config_path, cfg(NEW, "mian").as_bytes());
+    let r = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("no [key_sets.mian]"), "{}", r.text());
+    assert_eq!(status(old_token.clone()).await, 200);
+    assert_eq!(status(new_token.clone()).await, 401);
+    assert_eq!(
+        weir::cli::validate(&gw.config_path).await,
+        std::process::ExitCode::FAILURE
+    );
+
+    // The rotated secret, without a restart.
+    replace_atomically(&gw.config_path, cfg(NEW, "main").as_bytes());
+    let r = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(status(new_token).await, 200);
+    assert_eq!(status(old_token).await, 401);
+    gw.shutdown().await;
+}

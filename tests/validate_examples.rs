@@ -379,3 +379,51 @@ async fn error_report_is_one_line_per_error() {
         );
     }
 }
+
+/// Every plugin that fails to load is reported, each reason once: a config its `init` rejects,
+/// a jwt-auth key set the config lacks, and a memory limit below the module's own minimum
+/// (a matter of `limits`, not of the plugin's config).
+#[tokio::test]
+async fn every_plugin_failure_is_reported_once() {
+    use weir_testkit::extra_c::plugin;
+    let text = format!(
+        "version = 1\n\n[[listeners]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [upstreams.u]\ntargets = [{{ url = \"http://127.0.0.1:9\" }}]\n\n\
+         [[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"u\"\nplugins = [\n\
+         {{ name = \"h\", wasm = {h:?}, config = {{ bogus = 1 }} }},\n\
+         {{ name = \"j\", wasm = {j:?}, config = {{ key_set = \"nope\" }} }},\n\
+         {{ name = \"m\", wasm = {n:?}, limits = {{ memory = \"64KiB\" }} }},\n]\n",
+        h = plugin("headers").display().to_string(),
+        j = plugin("jwt_auth").display().to_string(),
+        n = plugin("noop").display().to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("plugins.toml");
+    std::fs::write(&p, &text).unwrap();
+    assert_eq!(weir::cli::validate(&p).await, ExitCode::FAILURE);
+    let Some(bin) = fresh_weir_bin() else {
+        return;
+    };
+    let out = std::process::Command::new(bin)
+        .args(["validate", "-c"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (plugin, reason) in [
+        ("route r/0:h", "unknown field `bogus`"),
+        ("route r/1:j", "no [key_sets.nope]"),
+        ("route r/2:m", "the first instance failed (memory_limit"),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(plugin))
+            .unwrap_or_else(|| panic!("{plugin} not reported:\n{stderr}"));
+        assert_eq!(line.matches(reason).count(), 1, "{line}");
+    }
+    assert!(
+        !stderr.contains("init rejected the config: memory"),
+        "{stderr}"
+    );
+}

@@ -31,8 +31,11 @@ pub async fn validate(path: &Path) -> ExitCode {
             .iter()
             .map(|r| (format!("route {}", r.name), &r.plugins)),
     ) {
-        if let Err(e) = rt.load_all(plugins, &scope).await {
-            eprintln!("error: {}: {e:#}", path.display());
+        for e in rt
+            .check_all(plugins, &scope, cfg.runtime.pool_max_uses)
+            .await
+        {
+            eprintln!("error: {}: {e}", path.display());
             failed += 1;
         }
     }

@@ -59,6 +59,24 @@ pub struct Runtime {
     cluster: Option<crate::cluster::ClusterBackend>,
 }
 
+fn key_set_specs(config: &Config) -> HashMap<String, host::KeySetSpec> {
+    config
+        .key_sets
+        .iter()
+        .map(|(name, k)| {
+            (
+                name.clone(),
+                host::KeySetSpec {
+                    hmac_secret: k.hmac_secret.clone(),
+                    pem_files: k.pem.clone(),
+                    jwks_file: k.jwks.clone(),
+                    jwks_url: k.jwks_url.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
 fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("WEIR_CACHE_DIR")
         .map(PathBuf::from)
@@ -68,24 +86,9 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 impl Runtime {
     pub fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
-        let key_sets: HashMap<String, host::KeySetSpec> = config
-            .key_sets
-            .iter()
-            .map(|(name, k)| {
-                (
-                    name.clone(),
-                    host::KeySetSpec {
-                        hmac_secret: k.hmac_secret.clone(),
-                        pem_files: k.pem.clone(),
-                        jwks_file: k.jwks.clone(),
-                        jwks_url: k.jwks_url.clone(),
-                    },
-                )
-            })
-            .collect();
         let mut cfg = host::RuntimeConfig {
             cache_dir: config.runtime.cache_dir.clone().or_else(default_cache_dir),
-            key_sets,
+            key_sets: key_set_specs(config),
             ..host::RuntimeConfig::default()
         };
         let cluster = config
@@ -107,41 +110,75 @@ impl Runtime {
         Ok(Self { rt, cluster })
     }
 
-    /// Loads (compiles or takes from cache, checks grants, runs `init`) every plugin of a scope.
+    /// Loads (compiles or takes from cache, checks grants, runs `init`) every plugin of a scope;
+    /// pooled instances are recycled after `max_uses` calls (`[runtime] pool_max_uses`).
     pub async fn load_all(
         &self,
         refs: &[PluginRef],
         scope: &str,
+        max_uses: u64,
     ) -> anyhow::Result<Vec<Arc<PluginInstance>>> {
         let mut out = Vec::with_capacity(refs.len());
         for (i, r) in refs.iter().enumerate() {
-            let mut spec = host::PluginSpec::new(format!("{scope}/{i}:{}", r.name), r.wasm.clone());
-            spec.name = r.name.clone();
-            spec.config_json = r.config_json.clone();
-            spec.on_error = match r.on_error {
-                config::FailMode::Closed => host::FailMode::Closed,
-                config::FailMode::Open => host::FailMode::Open,
-            };
-            spec.isolation = match r.isolation {
-                config::Isolation::Pooled => host::Isolation::Pooled,
-                config::Isolation::Request => host::Isolation::Request,
-            };
-            spec.memory_limit = r.memory;
-            spec.cpu_limit = r.cpu;
-            spec.http_allow = r.http_allow.clone();
-            let loaded = self.rt.load(&spec).await?;
-            let visible_headers = visible_headers(
-                r.request_headers.as_deref(),
-                loaded.info.request_headers.as_deref(),
-            );
-            out.push(Arc::new(PluginInstance {
-                spec: r.clone(),
-                scope: scope.to_string(),
-                loaded,
-                visible_headers,
-            }));
+            out.push(self.load_one(r, scope, i, max_uses).await?);
         }
         Ok(out)
+    }
+
+    /// Loads every plugin of a scope and returns each failure (`weir validate` reports them all).
+    pub async fn check_all(&self, refs: &[PluginRef], scope: &str, max_uses: u64) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (i, r) in refs.iter().enumerate() {
+            if let Err(e) = self.load_one(r, scope, i, max_uses).await {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        errors
+    }
+
+    async fn load_one(
+        &self,
+        r: &PluginRef,
+        scope: &str,
+        i: usize,
+        max_uses: u64,
+    ) -> anyhow::Result<Arc<PluginInstance>> {
+        let mut spec = host::PluginSpec::new(format!("{scope}/{i}:{}", r.name), r.wasm.clone());
+        spec.max_uses = max_uses;
+        spec.name = r.name.clone();
+        spec.config_json = r.config_json.clone();
+        spec.on_error = match r.on_error {
+            config::FailMode::Closed => host::FailMode::Closed,
+            config::FailMode::Open => host::FailMode::Open,
+        };
+        spec.isolation = match r.isolation {
+            config::Isolation::Pooled => host::Isolation::Pooled,
+            config::Isolation::Request => host::Isolation::Request,
+        };
+        spec.memory_limit = r.memory;
+        spec.cpu_limit = r.cpu;
+        spec.http_allow = r.http_allow.clone();
+        let loaded = self.rt.load(&spec).await?;
+        let visible_headers = visible_headers(
+            r.request_headers.as_deref(),
+            loaded.info.request_headers.as_deref(),
+        );
+        Ok(Arc::new(PluginInstance {
+            spec: r.clone(),
+            scope: scope.to_string(),
+            loaded,
+            visible_headers,
+        }))
+    }
+
+    /// Loads the key sets of `config` (reading their key files) for a reload, not in use yet.
+    pub fn prepare_key_sets(&self, config: &Config) -> anyhow::Result<host::PreparedKeySets> {
+        Ok(self.rt.prepare_key_sets(&key_set_specs(config))?)
+    }
+
+    /// Puts `sets` in use for every plugin; returns the previous ones.
+    pub fn swap_key_sets(&self, sets: host::PreparedKeySets) -> host::PreparedKeySets {
+        self.rt.swap_key_sets(sets)
     }
 
     pub fn backend_status(&self) -> serde_json::Value {

@@ -159,12 +159,40 @@ impl Gateway {
                 return Err("the running config has no file to reload from".to_string());
             };
             let config = crate::config::load_file(&path).map_err(|e| e.to_string())?;
-            if config.listeners != current.config.listeners || config.admin != current.config.admin {
-                tracing::warn!("listener or admin changes need a restart; the new routes, upstreams and plugins are applied");
+            let mut start_only = Vec::new();
+            if config.listeners != current.config.listeners {
+                start_only.push("[[listeners]]");
             }
-            build_table(config, Some(&current), &self.policies, &self.metrics)
+            if config.admin != current.config.admin {
+                start_only.push("[admin]");
+            }
+            if config.log.format != current.config.log.format {
+                start_only.push("[log] format");
+            }
+            if !start_only.is_empty() {
+                tracing::warn!(
+                    settings = start_only.join(", "),
+                    "these settings change at the next restart; everything else is applied"
+                );
+            }
+            // New key sets are in place before the plugins' `init` runs (it may check that its
+            // key set exists), and put back if the reload fails.
+            let previous_key_sets = if config.key_sets != current.config.key_sets {
+                let sets = self
+                    .policies
+                    .prepare_key_sets(&config)
+                    .map_err(|e| format!("{e:#}"))?;
+                Some(self.policies.swap_key_sets(sets))
+            } else {
+                None
+            };
+            let built = build_table(config, Some(&current), &self.policies, &self.metrics)
                 .await
-                .map_err(|e| format!("{e:#}"))
+                .map_err(|e| format!("{e:#}"));
+            if let (Err(_), Some(previous)) = (&built, previous_key_sets) {
+                self.policies.swap_key_sets(previous);
+            }
+            built
         }
         .await;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -242,13 +270,16 @@ pub async fn build_table(
         };
         upstreams.insert(name.clone(), u);
     }
-    let globals = policies.load_all(&config.global_plugins, "global").await?;
+    let max_uses = config.runtime.pool_max_uses;
+    let globals = policies
+        .load_all(&config.global_plugins, "global", max_uses)
+        .await?;
     let mut routes = Vec::new();
     for r in &config.routes {
         let mut plugins = globals.clone();
         plugins.extend(
             policies
-                .load_all(&r.plugins, &format!("route {}", r.name))
+                .load_all(&r.plugins, &format!("route {}", r.name), max_uses)
                 .await?,
         );
         let spec = Arc::new(r.clone());

@@ -312,6 +312,23 @@ pub(crate) fn jwt_verify(token: &str, options: &VerifyOptions) -> Result<String,
     })
 }
 
+/// Asks with an empty token, which the gateway refuses after looking the key set up and before
+/// any other work (no JWKS fetch).
+pub(crate) fn jwt_key_set_missing(name: &str) -> bool {
+    let opts = weir::policy::jwt::VerifyOptions {
+        key_set: name.to_string(),
+        algorithms: Vec::new(),
+        issuer: None,
+        audience: Vec::new(),
+        required_claims: Vec::new(),
+        leeway_s: 0,
+    };
+    matches!(
+        weir::policy::jwt::verify("", &opts),
+        Err(weir::policy::jwt::VerifyError::KeySetUnavailable(m)) if m.starts_with("no key set named")
+    )
+}
+
 fn outbound(r: &OutboundRequest) -> weir::policy::http_client::OutboundRequest {
     weir::policy::http_client::OutboundRequest {
         method: r.method.clone(),

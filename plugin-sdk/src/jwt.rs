@@ -142,6 +142,12 @@ impl Claims {
     }
 }
 
+/// True when the gateway has no `[key_sets.NAME]` called `name`: for a plugin's `init`, so a
+/// typo fails `weir validate` and the reload instead of every request with a 503.
+pub fn key_set_missing(name: &str) -> bool {
+    backend::jwt_key_set_missing(name)
+}
+
 /// Verifies `token` and returns its claims.
 pub fn verify(token: &str, options: &VerifyOptions) -> Result<Claims, VerifyError> {
     let text = backend::jwt_verify(token, options)?;

@@ -98,6 +98,7 @@ struct State {
     limiter_calls: Vec<(String, String, Quota, u32)>,
     jwt: HashMap<String, Result<String, VerifyError>>,
     jwt_calls: Vec<(String, VerifyOptions)>,
+    jwt_missing_key_sets: Vec<String>,
     http: HashMap<String, Result<OutboundResponse, String>>,
     http_sent: Vec<OutboundRequest>,
     logs: Vec<LogLine>,
@@ -211,6 +212,12 @@ impl MockHost {
     /// [`VerifyError::BadSignature`].
     pub fn jwt_rejects(token: &str, error: VerifyError) {
         with(|s| s.jwt.insert(token.to_string(), Err(error)));
+    }
+
+    /// `jwt::key_set_missing(name)` will say the gateway has no such key set (by default every
+    /// name exists).
+    pub fn jwt_key_set_missing(name: &str) {
+        with(|s| s.jwt_missing_key_sets.push(name.to_string()));
     }
 
     /// Every `(token, options)` passed to `jwt::verify`.
@@ -428,6 +435,10 @@ pub(crate) fn jwt_verify(token: &str, options: &VerifyOptions) -> Result<String,
             .cloned()
             .unwrap_or(Err(VerifyError::BadSignature))
     })
+}
+
+pub(crate) fn jwt_key_set_missing(name: &str) -> bool {
+    with(|s| s.jwt_missing_key_sets.iter().any(|n| n == name))
 }
 
 pub(crate) fn http_send(request: &OutboundRequest) -> Result<OutboundResponse, String> {

@@ -54,6 +54,9 @@ pub(crate) fn rate_limit_check(
 pub(crate) fn jwt_verify(_token: &str, _options: &VerifyOptions) -> Result<String, VerifyError> {
     Err(VerifyError::KeySetUnavailable(NO_HOST.into()))
 }
+pub(crate) fn jwt_key_set_missing(_name: &str) -> bool {
+    false
+}
 
 pub(crate) fn http_send(_request: &OutboundRequest) -> Result<OutboundResponse, String> {
     Err(NO_HOST.into())

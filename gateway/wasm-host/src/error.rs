@@ -48,6 +48,10 @@ pub enum LoadErrorKind {
     Init(String),
     #[error("instantiation failed: {0}")]
     Instantiate(String),
+    /// The first instance hit a limit or trapped while starting or in `init`: a matter of the
+    /// plugin's `limits` (or a bug in it), not of its `config`.
+    #[error("the first instance failed ({0}; see the plugin's `limits`): {1}")]
+    FirstInstance(PluginErrorKind, String),
 }
 
 impl fmt::Display for LoadError {
@@ -62,11 +66,9 @@ impl fmt::Display for LoadError {
     }
 }
 
-impl std::error::Error for LoadError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.kind)
-    }
-}
+/// No `source`: the message already includes the reason, and error chains printed with `{:#}`
+/// would repeat it.
+impl std::error::Error for LoadError {}
 
 /// Which way a plugin call failed; the gateway picks its fail mode and metrics from this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

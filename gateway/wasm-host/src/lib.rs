@@ -51,7 +51,7 @@ pub use host::jwt::KeySetSpec;
 pub use host::kv::{InProcessKv, KvBackend};
 pub use host::rate_limit::{InProcessLimiter, RateDecision, RateLimitBackend, RateQuota};
 pub use plugin::{LoadedPlugin, PluginSession, PluginSpec};
-pub use runtime::{PolicyRuntime, RuntimeConfig};
+pub use runtime::{PolicyRuntime, PreparedKeySets, RuntimeConfig};
 pub use types::{
     Action, FailMode, Fields, Isolation, LocalResponse, LogEntry, Phases, PluginInfo,
     PolicyRequest, RequestContext, RequestEdits, ResponseEdits, ResponseHead,

@@ -64,11 +64,16 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// Key sets loaded by [`PolicyRuntime::prepare_key_sets`], not yet in use.
+pub struct PreparedKeySets(Arc<KeySets>);
+
 /// Host services shared by every plugin of a runtime.
 pub(crate) struct Services {
     pub(crate) kv: Arc<dyn KvBackend>,
     pub(crate) limiter: Arc<dyn RateLimitBackend>,
-    pub(crate) key_sets: KeySets,
+    /// Replaced as a whole when a reload changes `[key_sets]`; a verification holds the set it
+    /// started with.
+    pub(crate) key_sets: arc_swap::ArcSwap<KeySets>,
     pub(crate) http: HttpClient,
     pub(crate) http_timeout: Duration,
     pub(crate) custom_metrics: Arc<CustomMetrics>,
@@ -192,7 +197,7 @@ impl PolicyRuntime {
         let services = Arc::new(Services {
             kv: cfg.kv,
             limiter: cfg.limiter,
-            key_sets: KeySets::load(&cfg.key_sets, http.clone())?,
+            key_sets: arc_swap::ArcSwap::from_pointee(KeySets::load(&cfg.key_sets, http.clone())?),
             http,
             http_timeout: cfg.http_timeout,
             custom_metrics: Arc::new(CustomMetrics::default()),
@@ -214,6 +219,21 @@ impl PolicyRuntime {
 
     /// Whether the epoch thread (the clock of the plugins' CPU deadlines) runs: from the first
     /// plugin load on.
+    /// Loads `specs` (key files read now, so a bad one fails here) without using them yet.
+    pub fn prepare_key_sets(
+        &self,
+        specs: &HashMap<String, KeySetSpec>,
+    ) -> Result<PreparedKeySets, RuntimeError> {
+        let sets = KeySets::load(specs, self.inner.services.http.clone())?;
+        Ok(PreparedKeySets(Arc::new(sets)))
+    }
+
+    /// Makes `sets` the key sets of every plugin (verified-token cache included) and returns the
+    /// previous ones, so a reload that fails later can put them back.
+    pub fn swap_key_sets(&self, sets: PreparedKeySets) -> PreparedKeySets {
+        PreparedKeySets(self.inner.services.key_sets.swap(sets.0))
+    }
+
     pub fn epoch_ticking(&self) -> bool {
         self.inner
             .ticker
@@ -308,7 +328,7 @@ impl PolicyRuntime {
                     LoadErrorKind::Init(msg.trim_start_matches("init failed: ").to_string()),
                 ),
                 PluginErrorKind::Internal => fail(LoadErrorKind::Instantiate(msg)),
-                kind => fail(LoadErrorKind::Init(format!("{kind}: {msg}"))),
+                kind => fail(LoadErrorKind::FirstInstance(kind, msg)),
             })?;
         tracing::info!(
             plugin = %spec.id,

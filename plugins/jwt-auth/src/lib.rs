@@ -175,6 +175,12 @@ impl Policy for JwtAuth {
         if cfg.key_set.trim().is_empty() {
             return Err("key_set must name a [key_sets.NAME] table".into());
         }
+        if jwt::key_set_missing(&cfg.key_set) {
+            return Err(format!(
+                "key_set: the gateway config has no [key_sets.{}]",
+                cfg.key_set
+            ));
+        }
         let leeway_s = cfg.leeway.get()?;
         let mut claims_to_headers = Vec::new();
         for (claim, header) in cfg.claims_to_headers {
@@ -432,5 +438,7 @@ mod tests {
             err(json!({ "key_set": "k", "issuer": "a", "bogus": 1 }))
                 .contains("unknown field `bogus`")
         );
+        MockHost::jwt_key_set_missing("typo");
+        assert!(err(json!({ "key_set": "typo" })).contains("no [key_sets.typo]"));
     }
 }

@@ -397,6 +397,10 @@ impl KeySets {
         let set = self.sets.get(&opts.key_set).ok_or_else(|| {
             VerifyError::KeySetUnavailable(format!("no key set named `{}`", opts.key_set))
         })?;
+        // Refused before any JWKS fetch: a plugin's `init` probes for a key set with it.
+        if token.is_empty() {
+            return Err(VerifyError::Malformed("empty token".into()));
+        }
         // Fast path: a token verified before under the same options and keys.
         if let Some(remote) = &set.remote {
             self.refresh(remote, None).await;
@@ -653,7 +657,8 @@ impl Host for HostState {
     ) -> Result<String, VerifyError> {
         self.host_call_begin();
         let plugin = self.plugin.clone();
-        let r = plugin.services.key_sets.verify(&token, &options).await;
+        let key_sets = plugin.services.key_sets.load_full();
+        let r = key_sets.verify(&token, &options).await;
         self.host_call_end();
         r
     }
