@@ -59,6 +59,11 @@ impl Weir {
 
     /// Waits for the JSON log line announcing the listener and returns its address.
     fn listener_addr(&self, timeout: Duration) -> SocketAddr {
+        self.logged_addr("listening", timeout)
+    }
+
+    /// Waits for the JSON log line with `message` and returns its `addr` field.
+    fn logged_addr(&self, message: &str, timeout: Duration) -> SocketAddr {
         let end = Instant::now() + timeout;
         let mut seen = Vec::new();
         while Instant::now() < end {
@@ -66,7 +71,7 @@ impl Weir {
                 continue;
             };
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["message"] == "listening"
+                && v["message"] == message
                 && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
             {
                 return addr;
@@ -133,6 +138,9 @@ version = 1
 [log]
 format = "json"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[listeners]]
 name = "public"
 listen = "127.0.0.1:0"
@@ -151,11 +159,14 @@ upstream = "slow"
     .unwrap();
 
     let mut weir = Weir::start(&config);
+    let admin = weir.logged_addr("admin listening", Duration::from_secs(30));
     let addr = weir.listener_addr(Duration::from_secs(30));
     let client = TestClient::new();
     let url = format!("http://{addr}");
+    let readyz = format!("http://{admin}/readyz");
     // Warm-up: the gateway answers before anything else happens.
     assert_eq!(client.get(&format!("{url}/fast")).await.status, 200);
+    assert_eq!(client.get(&readyz).await.status, 200);
 
     let slow_client = client.clone();
     let slow_url = format!("{url}/slow");
@@ -194,6 +205,9 @@ upstream = "slow"
         !slow.is_finished(),
         "the slow request ended before the listener closed"
     );
+    // The admin listener still answers, so a load balancer learns the instance is leaving.
+    let ready = client.get(&readyz).await;
+    assert_eq!((ready.status, ready.text().trim()), (503, "draining"));
 
     let (r, took) = slow.await.unwrap();
     let r = r.unwrap_or_else(|e| {

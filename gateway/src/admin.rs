@@ -11,13 +11,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = shutdown.changed() => return,
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
         };
         let gw = gw.clone();
         tokio::spawn(async move {

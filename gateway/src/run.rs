@@ -21,6 +21,9 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Outlives the drain, so `/readyz` can say `draining` to a load balancer; stopped once
+    /// every listener has.
+    admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -33,15 +36,18 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain deadline), then returns.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.gateway.start_draining();
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        self.wait().await;
     }
 
-    /// Waits until every listener has stopped.
+    /// Waits until every listener has stopped (then stops the admin listener).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        if let Some(admin) = self.admin_task.take() {
+            admin.abort();
+        }
     }
 
     /// A handle that triggers shutdown from elsewhere (signal handlers).
@@ -81,16 +87,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         listeners.push((l.name.clone(), bound.local_addr));
         bound_all.push(bound);
     }
-    let admin = match admin_addr {
+    let (admin, admin_task) = match admin_addr {
         Some(a) => {
             let l = tokio::net::TcpListener::bind(a)
                 .await
                 .map_err(|e| anyhow::anyhow!("admin: cannot bind {a}: {e}"))?;
             let addr = l.local_addr()?;
-            tasks.spawn(crate::admin::serve(gw.clone(), l, rx.clone()));
-            Some(addr)
+            tracing::info!(addr = %addr, "admin listening");
+            (
+                Some(addr),
+                Some(tokio::spawn(crate::admin::serve(gw.clone(), l))),
+            )
         }
-        None => None,
+        None => (None, None),
     };
     for bound in bound_all {
         tasks.spawn(server::serve(gw.clone(), bound, rx.clone()));
@@ -102,6 +111,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin,
         shutdown: tx,
         tasks,
+        admin_task,
     })
 }
 
