@@ -289,6 +289,18 @@ pub fn new_project(
     vars.insert("lang", lang.as_str().to_string());
     vars.insert("test_cmd", test_cmd.to_string());
     vars.insert("extra", String::new());
+    // Rust projects get the contract through the SDK crate; the others carry a copy.
+    vars.insert(
+        "contract",
+        match lang {
+            Lang::Rust => "The `weir:policy` WIT contract between Weir and the plugin comes with \
+                           the `weir-plugin-sdk` crate."
+                .to_string(),
+            Lang::Js | Lang::Python => {
+                "`wit/policy.wit` is the contract between Weir and the plugin.".to_string()
+            }
+        },
+    );
     if lang == Lang::Rust {
         let sdk = sdk.map_or_else(default_sdk, Path::to_path_buf);
         let sdk = std::path::absolute(&sdk).map_err(|e| format!("{}: {e}", sdk.display()))?;

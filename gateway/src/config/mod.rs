@@ -414,7 +414,8 @@ impl Validator<'_> {
                 routes.push(route);
             }
         }
-        if listeners.is_empty() {
+        // Only when none was written: a listener with errors has its own messages.
+        if raw.listeners.is_empty() {
             self.err(&root, "at least one [[listeners]] entry is required");
         }
 

@@ -229,8 +229,9 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
     }
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host`. Client-supplied values are kept (and appended to) only
-/// when the direct peer is a trusted proxy; otherwise they are replaced.
+/// Sets `X-Forwarded-For/-Proto/-Host` (the host routed on: lower-case, without the port).
+/// Client-supplied values (and RFC 7239 `Forwarded`) are kept, and appended to, only when the
+/// direct peer is a trusted proxy; otherwise they are replaced (`Forwarded` removed).
 /// Returns the client address policies should see.
 pub fn forwarded_headers(
     headers: &mut HeaderMap,
@@ -285,6 +286,9 @@ pub fn forwarded_headers(
         headers.insert(X_FORWARDED_FOR, ip_value(peer));
         headers.insert(X_FORWARDED_PROTO, proto);
         set(headers, X_FORWARDED_HOST, host);
+        // RFC 7239's `Forwarded` from an untrusted client would contradict the X-Forwarded-*
+        // just written; the gateway does not write it, so it goes.
+        headers.remove(header::FORWARDED);
     }
     client
 }
@@ -480,6 +484,13 @@ mod tests {
         let c = forwarded_headers(&mut h, "8.8.8.8".parse().unwrap(), &trusted, "http", "x");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "8.8.8.8");
         assert_eq!(c, "8.8.8.8".parse::<IpAddr>().unwrap());
+        // `Forwarded` is kept from a trusted proxy, dropped from anyone else.
+        for (peer, kept) in [("10.1.1.1", true), ("8.8.8.8", false)] {
+            let mut h = HeaderMap::new();
+            h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+            forwarded_headers(&mut h, peer.parse().unwrap(), &trusted, "http", "x");
+            assert_eq!(h.contains_key("forwarded"), kept, "peer {peer}");
+        }
     }
 
     #[test]
