@@ -211,6 +211,7 @@ upstream = "ordres"
 name = "items"
 match = { path_regex = "/items/([0-9]+" }
 upstream = "app"
+timeout = "soon"
 
 [[routes]]
 name = "users"
@@ -256,6 +257,8 @@ const EXPECTED: &[(&str, &str, usize, &str)] = &[
         0,
         "invalid regex",
     ),
+    // Found although the same route's regex is already wrong.
+    ("routes[2].timeout", "\"soon\"", 0, "invalid duration"),
     ("routes[3].name", "\"users\"", 1, "duplicate route name"),
 ];
 

@@ -797,7 +797,8 @@ impl Validator<'_> {
                 Ok(r) => PathMatch::Regex(r),
                 Err(e) => {
                     self.err(&mat.key("path_regex"), format!("invalid regex: {e}"));
-                    return None;
+                    // Recorded; the rest of the route is still checked (the config is refused).
+                    PathMatch::Prefix("/".to_string())
                 }
             }
         } else {
