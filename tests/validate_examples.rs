@@ -430,3 +430,30 @@ async fn every_plugin_failure_is_reported_once() {
         "{stderr}"
     );
 }
+
+/// A value of the wrong type is reported with its key path, and unknown keys met before it are
+/// reported with it (the deserializer stops at its first error).
+#[tokio::test]
+async fn type_errors_name_their_key() {
+    let text = "version = 1\n\n[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\nnmae = \"x\"\n\n\
+                [upstreams.app]\ntargets = [{ url = \"http://127.0.0.1:9\" }]\n\n\
+                [[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/\" }\nupstream = \"app\"\n\
+                strip_prefix = \"yes\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("types.toml");
+    std::fs::write(&p, text).unwrap();
+    let report = weir::config::load_file(&p)
+        .expect_err("a wrong type validated")
+        .to_string();
+    let (line, col) = line_col_of(text, "\"yes\"");
+    assert!(
+        report.contains(&format!(
+            ":{line}:{col}: routes[0].strip_prefix: invalid type: string \"yes\", expected a boolean"
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains("listeners[0].nmae: unknown key"),
+        "{report}"
+    );
+}

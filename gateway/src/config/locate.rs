@@ -128,3 +128,68 @@ fn locate_in_value(
         _ => best,
     }
 }
+
+/// The key path of the smallest element of `text` whose span contains `offset`: where a
+/// deserialization error (wrong type, missing field) points, as a name the user can search for.
+pub fn path_at(text: &str, offset: usize) -> Option<KeyPath> {
+    let doc = toml_edit::Document::parse(text.to_string()).ok()?;
+    let mut best = None;
+    visit_item(doc.as_item(), &KeyPath::default(), offset, &mut best);
+    best.map(|(_, p)| p)
+}
+
+/// `(span length, path)` of the best match so far; a later (deeper) element of the same
+/// length wins.
+type Best = Option<(usize, KeyPath)>;
+
+fn consider(span: Option<std::ops::Range<usize>>, path: &KeyPath, offset: usize, best: &mut Best) {
+    if let Some(s) = span
+        && !path.0.is_empty()
+        && s.start <= offset
+        && offset < s.end.max(s.start + 1)
+        && best.as_ref().is_none_or(|(len, _)| s.len() <= *len)
+    {
+        *best = Some((s.len(), path.clone()));
+    }
+}
+
+fn visit_table(t: &toml_edit::Table, path: &KeyPath, offset: usize, best: &mut Best) {
+    consider(t.span(), path, offset, best);
+    for (k, item) in t.iter() {
+        let p = path.key(k);
+        consider(t.key(k).and_then(|key| key.span()), &p, offset, best);
+        visit_item(item, &p, offset, best);
+    }
+}
+
+fn visit_item(item: &toml_edit::Item, path: &KeyPath, offset: usize, best: &mut Best) {
+    match item {
+        toml_edit::Item::Table(t) => visit_table(t, path, offset, best),
+        toml_edit::Item::Value(v) => visit_value(v, path, offset, best),
+        toml_edit::Item::ArrayOfTables(a) => {
+            for (i, t) in a.iter().enumerate() {
+                visit_table(t, &path.index(i), offset, best);
+            }
+        }
+        toml_edit::Item::None => {}
+    }
+}
+
+fn visit_value(v: &toml_edit::Value, path: &KeyPath, offset: usize, best: &mut Best) {
+    consider(v.span(), path, offset, best);
+    match v {
+        toml_edit::Value::InlineTable(t) => {
+            for (k, inner) in t.iter() {
+                let p = path.key(k);
+                consider(t.key(k).and_then(|key| key.span()), &p, offset, best);
+                visit_value(inner, &p, offset, best);
+            }
+        }
+        toml_edit::Value::Array(a) => {
+            for (i, inner) in a.iter().enumerate() {
+                visit_value(inner, &path.index(i), offset, best);
+            }
+        }
+        _ => {}
+    }
+}

@@ -86,9 +86,18 @@ pub fn parse(
     let mut unknown: Vec<KeyPath> = Vec::new();
     let parsed = toml::Deserializer::parse(text)
         .and_then(|de| serde_ignored::deserialize(de, |path| unknown.push(key_path(&path))));
+    let mut v = Validator {
+        text,
+        file,
+        base,
+        errors: Vec::new(),
+    };
     let raw: RawConfig = match parsed {
         Ok(r) => r,
         Err(e) => {
+            // The deserializer stops at its first error; unknown keys met before it are
+            // reported with it.
+            v.unknown_keys(&unknown);
             let (line, col) = match e.span() {
                 Some(s) => {
                     let (l, c) = locate::line_col(text, s.start);
@@ -96,24 +105,37 @@ pub fn parse(
                 }
                 None => (None, None),
             };
-            return Err(ConfigErrors(vec![ConfigError {
+            let key = e
+                .span()
+                .and_then(|s| locate::path_at(text, s.start))
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            v.errors.push(ConfigError {
                 file: file.to_string(),
                 line,
                 col,
-                key: String::new(),
+                key,
                 message: one_line(e.message()),
-            }]));
+            });
+            return Err(ConfigErrors(v.errors));
         }
     };
-    let mut v = Validator {
-        text,
-        file,
-        base,
-        errors: Vec::new(),
-    };
-    if !unknown.is_empty() {
+    v.unknown_keys(&unknown);
+    let cfg = v.config(raw, source);
+    if v.errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+impl Validator<'_> {
+    fn unknown_keys(&mut self, unknown: &[KeyPath]) {
+        if unknown.is_empty() {
+            return;
+        }
         let known = raw::known_keys();
-        for k in &unknown {
+        for k in unknown {
             let name = match k.0.last() {
                 Some(locate::Seg::Key(n)) => n.as_str(),
                 _ => "",
@@ -124,14 +146,8 @@ pub fn parse(
                 .min_by_key(|c| edit_distance(name, c))
                 .map(|c| format!(" (did you mean `{c}`?)"))
                 .unwrap_or_default();
-            v.err_at(k, true, format!("unknown key `{name}`{hint}"));
+            self.err_at(k, true, format!("unknown key `{name}`{hint}"));
         }
-    }
-    let cfg = v.config(raw, source);
-    if v.errors.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(ConfigErrors(v.errors))
     }
 }
 
