@@ -175,7 +175,7 @@ fn bench_hygiene(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("forwarded_headers", label), |b| {
             b.iter_batched_ref(
                 || base.clone(),
-                |h| hygiene::forwarded_headers(h, peer, &trusted, "https", "api.example.com"),
+                |h| hygiene::forwarded_headers(h, peer, &trusted, "https", "api.example.com", 443),
                 BatchSize::SmallInput,
             )
         });
@@ -203,6 +203,7 @@ fn bench_hygiene(c: &mut Criterion) {
                     &trusted,
                     "https",
                     "api.example.com",
+                    443,
                 );
                 (ok, id, trace, client)
             },

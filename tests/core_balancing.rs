@@ -410,6 +410,13 @@ async fn retries_that_run_out_of_targets_report_the_last_outcome() {
         r.json()["type"],
         "https://weir.dev/problems/upstream-connect-failed"
     );
+    // Which upstream, not how: socket and TLS errors stay in the gateway's log.
+    assert_eq!(
+        r.json()["detail"],
+        "could not connect to upstream \"pool\"",
+        "{}",
+        r.text()
+    );
     gw.shutdown().await;
 
     let busy = TestUpstream::start_with(

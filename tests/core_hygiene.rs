@@ -263,6 +263,8 @@ async fn forwarded_headers_are_replaced_for_untrusted_peers() {
                 ("x-forwarded-for", "203.0.113.7"),
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "evil.example"),
+                ("x-forwarded-port", "1"),
+                ("forwarded", "for=203.0.113.7;host=evil.example"),
             ],
         )
         .await;
@@ -270,8 +272,11 @@ async fn forwarded_headers_are_replaced_for_untrusted_peers() {
     let h = &r.json()["headers"];
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
     assert_eq!(h["x-forwarded-proto"], "http", "{h}");
-    // The gateway reports the host it routed on: lower-case, without the port.
+    // The gateway reports the host it routed on: lower-case, without the port, which is the
+    // listener's in X-Forwarded-Port.
     assert_eq!(h["x-forwarded-host"], "example.com", "{h}");
+    assert_eq!(h["x-forwarded-port"], gw.addr().port().to_string(), "{h}");
+    assert!(h.get("forwarded").is_none(), "{h}");
 }
 
 #[tokio::test]

@@ -33,6 +33,9 @@ async fn tls_gateway(
         r#"
 version = 1
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[listeners]]
 name = "tls"
 listen = "127.0.0.1:0"
@@ -262,9 +265,30 @@ async fn replaced_certificate_files_are_served_without_restart() {
         200
     );
 
-    // A broken replacement keeps the last good certificate in service.
+    let cert_reload = || async {
+        weir_testkit::extra_a::admin_get(&gw, "/admin/status")
+            .await
+            .json()["tls"]["tls"]["last_certificate_reload"]
+            .clone()
+    };
+    assert_eq!(cert_reload().await["ok"], true);
+
+    // A broken replacement keeps the last good certificate in service, and says so on
+    // /admin/status.
     std::fs::write(gw.path("a.crt"), "not a certificate").unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let failed = weir_testkit::eventually(Duration::from_secs(10), || async {
+        cert_reload().await["ok"] == false
+    })
+    .await;
+    assert!(
+        failed,
+        "a failed certificate reload is not on /admin/status"
+    );
+    let error = cert_reload().await["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("a.crt"), "{error}");
     let s = tls_connect(gw.addr(), "a.test", cfg).await.unwrap();
     assert_eq!(peer_leaf(&s).as_ref(), Some(&new.der));
 }

@@ -362,3 +362,41 @@ async fn rapid_reset_is_stopped_and_others_keep_being_served() {
     );
     still_serves(&gw, &up).await;
 }
+
+/// `max_headers` holds on HTTP/2 as on HTTP/1.1 (hyper only bounds HTTP/2's header-list bytes):
+/// more fields than the limit is a 431 problem, nothing is proxied, and the connection serves on.
+#[tokio::test]
+async fn too_many_header_fields_are_refused_on_http2() {
+    let (gw, up) = gateway().await;
+    let mut c = h2_client(&gw).await;
+    let send = |n: usize| {
+        let c = c.clone();
+        async move {
+            let mut req = http::Request::get("http://app.test/many");
+            for i in 0..n {
+                req = req.header(format!("x-h{i}"), "v");
+            }
+            let mut ready = c.ready().await.unwrap();
+            let (res, _) = ready.send_request(req.body(()).unwrap(), true).unwrap();
+            let res = tokio::time::timeout(Duration::from_secs(10), res)
+                .await
+                .unwrap()
+                .unwrap();
+            (res.status().as_u16(), res.headers().clone())
+        }
+    };
+    let (status, headers) = send(300).await;
+    assert_eq!(status, 431);
+    assert_eq!(
+        headers.get("content-type").unwrap(),
+        "application/problem+json"
+    );
+    assert_eq!(up.count("/many"), 0, "an oversized request was proxied");
+    // Under the limit it goes through, on the same connection (90: the gateway adds its
+    // forwarding and id headers, and the test upstream has the same 100-field limit).
+    assert_eq!(send(90).await.0, 200);
+    assert_eq!(up.count("/many"), 1);
+    let (status, _) = h2_get(&mut c, "/still").await;
+    assert_eq!(status, 200);
+    still_serves(&gw, &up).await;
+}

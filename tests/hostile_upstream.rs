@@ -242,3 +242,21 @@ async fn stalled_upstream_body_is_cut_after_an_idle_timeout() {
     );
     f.still_serves().await;
 }
+
+/// An HTTP/1.0 upstream (close-delimited body) answers an HTTP/1.1 client: the client gets the
+/// gateway's own version, so its connection stays open for the next request (RFC 9112 §2.3).
+#[tokio::test]
+async fn an_http10_upstream_answers_in_http11() {
+    let f = fixture(Misbehavior::Http10).await;
+    let x = exchange(
+        f.gw.addr(),
+        b"GET /bad/old HTTP/1.1\r\nhost: a\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(x.text().starts_with("HTTP/1.1 200 "), "{}", x.text());
+    let rs = x.responses();
+    assert_eq!(rs.len(), 1, "{}", x.text());
+    assert_eq!(rs[0].body, b"old");
+    assert!(!x.closed, "the client connection was closed: {}", x.text());
+}

@@ -243,6 +243,7 @@ fn status(gw: &Gateway) -> serde_json::Value {
         "upstreams": upstreams,
         "plugins": crate::policy::status(&table),
         "last_reload": last,
+        "tls": gw.tls_status(),
         "policy_backend": gw.policies.backend_status(),
     })
 }

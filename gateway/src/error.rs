@@ -17,6 +17,8 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("request URI is longer than {0} bytes")]
     UriTooLong(usize),
+    #[error("more than {0} request header fields")]
+    TooManyHeaders(usize),
     #[error("request body is larger than {0} bytes")]
     BodyTooLarge(u64),
     #[error("upstream {0:?} has no healthy target")]
@@ -42,6 +44,7 @@ impl GatewayError {
             NoRoute { .. } => StatusCode::NOT_FOUND,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            TooManyHeaders(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             NoHealthyTarget(_) | UpstreamOverloaded(_) | PluginFailed { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -58,6 +61,7 @@ impl GatewayError {
             NoRoute { .. } => "no-route",
             BadRequest(_) => "bad-request",
             UriTooLong(_) => "uri-too-long",
+            TooManyHeaders(_) => "too-many-headers",
             BodyTooLarge(_) => "body-too-large",
             NoHealthyTarget(_) => "no-healthy-target",
             UpstreamOverloaded(_) => "upstream-overloaded",
@@ -69,9 +73,22 @@ impl GatewayError {
         }
     }
 
-    /// Renders the error as a problem+json response.
+    /// Renders the error as a problem+json response. Why an upstream failed (addresses, TLS
+    /// and socket errors) is the operator's business: it goes to the log with the request id,
+    /// and the client learns which upstream failed, not how.
     pub fn into_response(self, request_id: Option<&str>) -> Response<ProxyBody> {
-        problem(self.status(), self.slug(), &self.to_string(), request_id)
+        let detail = match &self {
+            GatewayError::UpstreamConnect { upstream, .. } => {
+                tracing::warn!(request_id, error = %self, "upstream connect failed");
+                format!("could not connect to upstream {upstream:?}")
+            }
+            GatewayError::UpstreamFailed { upstream, .. } => {
+                tracing::warn!(request_id, error = %self, "upstream failed");
+                format!("upstream {upstream:?} failed")
+            }
+            _ => self.to_string(),
+        };
+        problem(self.status(), self.slug(), &detail, request_id)
     }
 }
 

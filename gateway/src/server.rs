@@ -294,7 +294,10 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
     let permits = Arc::new(Semaphore::new(max_connections as usize));
     let name: Arc<str> = Arc::from(bound.spec.name.as_str());
     let scheme = if bound.tls.is_some() { "https" } else { "http" };
-    let _watch = bound.tls.as_ref().map(|t| t.watch());
+    let _watch = bound.tls.as_ref().map(|t| {
+        gw.register_tls(&bound.spec.name, t.clone());
+        t.watch()
+    });
     let label = crate::metrics::ListenerLabel {
         listener: bound.spec.name.clone(),
     };
@@ -324,7 +327,12 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnInfo::new(peer, scheme, name.clone()));
+        let conn = Arc::new(ConnInfo::new(
+            peer,
+            scheme,
+            bound.local_addr.port(),
+            name.clone(),
+        ));
         let svc = ConnService {
             gw: gw.clone(),
             conn: conn.clone(),

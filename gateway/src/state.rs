@@ -58,6 +58,8 @@ pub struct Gateway {
     /// Serialises reloads so two triggers never build tables concurrently.
     reload_lock: tokio::sync::Mutex<()>,
     pub started: Instant,
+    /// Each TLS listener's certificates, for the reload outcome on `/admin/status`.
+    tls_listeners: Mutex<Vec<(String, Arc<crate::tls::TlsTerminator>)>>,
 }
 
 /// Retries allowed as a share of recent requests, so retries cannot multiply an outage.
@@ -133,7 +135,31 @@ impl Gateway {
             generation: AtomicU64::new(0),
             reload_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
+            tls_listeners: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Records a TLS listener's certificates (called once per listener as it starts serving).
+    pub fn register_tls(&self, listener: &str, tls: Arc<crate::tls::TlsTerminator>) {
+        if let Ok(mut l) = self.tls_listeners.lock() {
+            l.push((listener.to_string(), tls));
+        }
+    }
+
+    /// The last certificate reload of each TLS listener (`null` until a file changed).
+    pub fn tls_status(&self) -> serde_json::Value {
+        let Ok(l) = self.tls_listeners.lock() else {
+            return serde_json::Value::Null;
+        };
+        l.iter()
+            .map(|(name, t)| {
+                (
+                    name.clone(),
+                    serde_json::json!({ "last_certificate_reload": t.last_reload() }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 
     /// The current table. Requests hold this `Arc` for their whole life.

@@ -84,6 +84,18 @@ pub struct TlsTerminator {
     /// Content fingerprints of the files at the last load attempt; the mutex also serialises
     /// reloads so an older read can never overwrite a newer one.
     loaded: Mutex<Vec<FileStamp>>,
+    /// Outcome of the last reload attempt, for `/admin/status`: a rotation that failed must
+    /// be visible without reading the log.
+    last_reload: Mutex<Option<CertReload>>,
+}
+
+/// One certificate reload attempt.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CertReload {
+    pub ok: bool,
+    /// RFC 3339, seconds.
+    pub at: String,
+    pub error: Option<String>,
 }
 
 impl TlsTerminator {
@@ -97,6 +109,7 @@ impl TlsTerminator {
             provider,
             current: ArcSwap::new(config),
             loaded: Mutex::new(stamps),
+            last_reload: Mutex::new(None),
         }))
     }
 
@@ -141,6 +154,26 @@ impl TlsTerminator {
         let config = build_config(&self.settings, &self.provider)?;
         self.current.store(config);
         Ok(())
+    }
+
+    /// The outcome of the last reload attempt (`None` until a file changed).
+    pub fn last_reload(&self) -> Option<CertReload> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, result: &Result<(), TlsError>) {
+        let entry = CertReload {
+            ok: result.is_ok(),
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            error: result.as_ref().err().map(ToString::to_string),
+        };
+        *self
+            .last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(entry);
     }
 
     fn lock_loaded(&self) -> MutexGuard<'_, Vec<FileStamp>> {
@@ -262,7 +295,14 @@ async fn watch_loop(
             return;
         };
         // File reads and certificate parsing are blocking work.
-        let outcome = tokio::task::spawn_blocking(move || terminator.reload_if_changed()).await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let r = terminator.reload_if_changed();
+            if let Some(r) = &r {
+                terminator.record(r);
+            }
+            r
+        })
+        .await;
         match outcome {
             Ok(None) => {}
             Ok(Some(Ok(()))) => tracing::info!("TLS certificates reloaded"),

@@ -173,6 +173,8 @@ pub enum Misbehavior {
     NeverAnswer,
     /// `200` with `Content-Length: 1000`, 10 bytes of body, then silence (connection open).
     HeadThenHang,
+    /// An HTTP/1.0 server: `HTTP/1.0 200 OK`, no length, the body `old`, then close.
+    Http10,
 }
 
 /// A raw TCP upstream that misbehaves as told; counts the request heads it read.
@@ -250,6 +252,9 @@ async fn misbehave(mut s: TcpStream, how: Misbehavior, requests: &AtomicUsize) {
             #[allow(deprecated)]
             let _ = s.set_linger(Some(Duration::ZERO));
             drop(s);
+        }
+        Misbehavior::Http10 => {
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nold").await;
         }
         Misbehavior::GarbageStatusLine => {
             let _ = s

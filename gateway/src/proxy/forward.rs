@@ -186,7 +186,10 @@ pub async fn send(
                         continue;
                     }
                 }
-                let (rparts, rbody) = res.into_parts();
+                let (mut rparts, rbody) = res.into_parts();
+                // The client gets the gateway's own HTTP version, not the upstream's (an
+                // HTTP/1.0 status line would end the client's keep-alive; RFC 9112 §2.3).
+                rparts.version = http::Version::HTTP_11;
                 // Keep the in-flight slot until the body has been relayed (least-request, breaker),
                 // and cut a body that stalls for longer than the route timeout (like nginx's
                 // proxy_read_timeout): a stuck upstream must not hold a client forever.

@@ -11,6 +11,7 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -229,7 +230,8 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
     }
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host` (the host routed on: lower-case, without the port).
+/// Sets `X-Forwarded-For/-Proto/-Host/-Port` (the host routed on: lower-case, without the
+/// port, which goes in `X-Forwarded-Port`: the listener's, as Kong and Traefik send it).
 /// Client-supplied values (and RFC 7239 `Forwarded`) are kept, and appended to, only when the
 /// direct peer is a trusted proxy; otherwise they are replaced (`Forwarded` removed).
 /// Returns the client address policies should see.
@@ -239,6 +241,7 @@ pub fn forwarded_headers(
     trusted: &[ipnet::IpNet],
     scheme: &str,
     host: &str,
+    port: u16,
 ) -> IpAddr {
     let peer_trusted = trusted.iter().any(|n| n.contains(&peer));
     let mut client = peer;
@@ -282,10 +285,14 @@ pub fn forwarded_headers(
         if !headers.contains_key(X_FORWARDED_HOST) {
             set(headers, X_FORWARDED_HOST, host);
         }
+        if !headers.contains_key(X_FORWARDED_PORT) {
+            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+        }
     } else {
         headers.insert(X_FORWARDED_FOR, ip_value(peer));
         headers.insert(X_FORWARDED_PROTO, proto);
         set(headers, X_FORWARDED_HOST, host);
+        headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
         // RFC 7239's `Forwarded` from an untrusted client would contradict the X-Forwarded-*
         // just written; the gateway does not write it, so it goes.
         headers.remove(header::FORWARDED);
@@ -476,19 +483,33 @@ mod tests {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let c = forwarded_headers(&mut h, "10.1.1.1".parse().unwrap(), &trusted, "http", "x");
+        let c = forwarded_headers(
+            &mut h,
+            "10.1.1.1".parse().unwrap(),
+            &trusted,
+            "http",
+            "x",
+            80,
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 10.1.1.1");
         assert_eq!(c, "1.2.3.4".parse::<IpAddr>().unwrap());
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let c = forwarded_headers(&mut h, "8.8.8.8".parse().unwrap(), &trusted, "http", "x");
+        let c = forwarded_headers(
+            &mut h,
+            "8.8.8.8".parse().unwrap(),
+            &trusted,
+            "http",
+            "x",
+            80,
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "8.8.8.8");
         assert_eq!(c, "8.8.8.8".parse::<IpAddr>().unwrap());
         // `Forwarded` is kept from a trusted proxy, dropped from anyone else.
         for (peer, kept) in [("10.1.1.1", true), ("8.8.8.8", false)] {
             let mut h = HeaderMap::new();
             h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
-            forwarded_headers(&mut h, peer.parse().unwrap(), &trusted, "http", "x");
+            forwarded_headers(&mut h, peer.parse().unwrap(), &trusted, "http", "x", 80);
             assert_eq!(h.contains_key("forwarded"), kept, "peer {peer}");
         }
     }

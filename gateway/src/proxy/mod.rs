@@ -36,6 +36,8 @@ use std::time::Instant;
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub scheme: &'static str,
+    /// The listener's port, for `X-Forwarded-Port`.
+    pub port: u16,
     pub listener: Arc<str>,
     /// Set by [`crate::framing::FramingObserver`] when a request head had ambiguous framing
     /// (hyper resolves it silently, hiding it from us). The connection is then refused.
@@ -45,10 +47,11 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, scheme: &'static str, listener: Arc<str>) -> Self {
+    pub fn new(peer: SocketAddr, scheme: &'static str, port: u16, listener: Arc<str>) -> Self {
         Self {
             peer,
             scheme,
+            port,
             listener,
             ambiguous_framing: std::sync::atomic::AtomicBool::new(false),
             requests: crate::park::Requests::default(),
@@ -120,12 +123,19 @@ async fn route_and_forward(
     facts: &mut RequestFacts,
     chain: &mut Option<policy::ChainSession>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    // Counted before the gateway adds its id headers.
+    let client_headers = req.headers().len();
     // Request identity first, so that every answer, even an early 400, carries an id.
     let mut req = req;
     facts.request_id = hygiene::request_id(req.headers_mut());
     facts.trace_id = hygiene::trace_context(req.headers_mut());
 
-    // 1. Framing and sizes.
+    // 1. Framing and sizes. hyper counts HTTP/1 header fields itself; HTTP/2 only bounds the
+    // header list's bytes.
+    let limits = &table.config.limits;
+    if req.version() == http::Version::HTTP_2 && client_headers > limits.max_headers {
+        return Err(GatewayError::TooManyHeaders(limits.max_headers));
+    }
     if conn
         .ambiguous_framing
         .load(std::sync::atomic::Ordering::Relaxed)
@@ -136,7 +146,6 @@ async fn route_and_forward(
     }
     hygiene::check_framing(req.version(), req.headers())
         .map_err(|m| GatewayError::BadRequest(m.into()))?;
-    let limits = &table.config.limits;
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > limits.max_uri {
         return Err(GatewayError::UriTooLong(limits.max_uri));
@@ -170,6 +179,7 @@ async fn route_and_forward(
         &table.config.trusted_proxies,
         conn.scheme,
         &host,
+        conn.port,
     );
 
     // 5. Body limit: refuse early on a declared length, cap a streamed one.
