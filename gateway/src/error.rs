@@ -79,16 +79,42 @@ impl GatewayError {
     pub fn into_response(self, request_id: Option<&str>) -> Response<ProxyBody> {
         let detail = match &self {
             GatewayError::UpstreamConnect { upstream, .. } => {
-                tracing::warn!(request_id, error = %self, "upstream connect failed");
+                log_upstream_error(request_id, &self);
                 format!("could not connect to upstream {upstream:?}")
             }
             GatewayError::UpstreamFailed { upstream, .. } => {
-                tracing::warn!(request_id, error = %self, "upstream failed");
+                log_upstream_error(request_id, &self);
                 format!("upstream {upstream:?} failed")
             }
             _ => self.to_string(),
         };
         problem(self.status(), self.slug(), &detail, request_id)
+    }
+}
+
+/// Logs why an upstream failed: at `warn` at most once a second (with how many were only logged
+/// at `debug` since), so an outage does not flood the log or spend the CPU it needs.
+fn log_upstream_error(request_id: Option<&str>, e: &GatewayError) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    static NEXT_WARN_MS: AtomicU64 = AtomicU64::new(0);
+    static QUIET: AtomicU64 = AtomicU64::new(0);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64;
+    let next = NEXT_WARN_MS.load(Ordering::Relaxed);
+    if now >= next
+        && NEXT_WARN_MS
+            .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let also = QUIET.swap(0, Ordering::Relaxed);
+        tracing::warn!(request_id, error = %e, similar_at_debug = also, "upstream request failed");
+    } else {
+        QUIET.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(request_id, error = %e, "upstream request failed");
     }
 }
 
