@@ -396,6 +396,16 @@ async fn too_many_header_fields_are_refused_on_http2() {
     // forwarding and id headers, and the test upstream has the same 100-field limit).
     assert_eq!(send(90).await.0, 200);
     assert_eq!(up.count("/many"), 1);
+    // Cookies arrive as a field each on HTTP/2: they count as one line, and reach the HTTP/1.1
+    // upstream as one `cookie` header.
+    let mut req = http::Request::get("http://app.test/cookies");
+    for i in 0..150 {
+        req = req.header("cookie", format!("c{i}=v"));
+    }
+    let mut ready = c.clone().ready().await.unwrap();
+    let (res, _) = ready.send_request(req.body(()).unwrap(), true).unwrap();
+    assert_eq!(res.await.unwrap().status(), 200);
+    assert_eq!(up.count("/cookies"), 1);
     let (status, _) = h2_get(&mut c, "/still").await;
     assert_eq!(status, 200);
     still_serves(&gw, &up).await;

@@ -466,3 +466,47 @@ async fn key_sets_follow_reloads_and_an_unknown_key_set_is_refused() {
     assert_eq!(status(old_token).await, 401);
     gw.shutdown().await;
 }
+
+/// A key file rotated in place (same path, new key) is read again by the next reload, with
+/// the config file unchanged.
+#[tokio::test]
+async fn a_key_file_rotated_in_place_is_read_again_on_reload() {
+    use weir_testkit::extra_c::{now, rs256, rsa_keypair};
+    let up = TestUpstream::start("echo").await;
+    let keys = tempfile::tempdir().unwrap();
+    let (old_dir, new_dir) = (keys.path().join("old"), keys.path().join("new"));
+    std::fs::create_dir_all(&old_dir).unwrap();
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let (old_private, old_public) = rsa_keypair(&old_dir);
+    let (new_private, new_public) = rsa_keypair(&new_dir);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("signer.pub.pem"), &old_public).unwrap();
+    let toml = format!(
+        "{pre}\n[key_sets.main]\npem = [\"signer.pub.pem\"]\n\n[[routes]]\nname = \"r\"\n\
+         match = {{ path_prefix = \"/\" }}\nupstream = \"echo\"\n\
+         plugins = [{{ name = \"jwt-auth\", wasm = {wasm:?}, config = {{ key_set = \"main\", algorithms = [\"RS256\"] }} }}]\n",
+        pre = preamble(&up.url()),
+        wasm = plugin("jwt_auth").display().to_string(),
+    );
+    let gw = TestGateway::start_in(dir, &toml).await.unwrap();
+    let claims = serde_json::json!({ "sub": "alice", "exp": now() + 600 });
+    let (old_token, new_token) = (rs256(&old_private, &claims), rs256(&new_private, &claims));
+    let client = TestClient::new();
+    let status = |token: String| {
+        let (client, url) = (&client, gw.url("/x"));
+        async move {
+            client
+                .get_with(&url, &[("authorization", &format!("Bearer {token}"))])
+                .await
+                .status
+        }
+    };
+    assert_eq!(status(old_token.clone()).await, 200);
+    assert_eq!(status(new_token.clone()).await, 401);
+    replace_atomically(&gw.path("signer.pub.pem"), &new_public);
+    let r = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(status(new_token).await, 200);
+    assert_eq!(status(old_token).await, 401);
+    gw.shutdown().await;
+}

@@ -404,6 +404,20 @@ async fn every_plugin_failure_is_reported_once() {
     let p = dir.path().join("plugins.toml");
     std::fs::write(&p, &text).unwrap();
     assert_eq!(weir::cli::validate(&p).await, ExitCode::FAILURE);
+    // What `weir validate` prints, in process.
+    let cfg = weir::config::load_file(&p).unwrap();
+    let rt = weir::policy::Runtime::new(&cfg, &weir::metrics::Metrics::new()).unwrap();
+    let errors = rt
+        .check_all(&cfg.routes[0].plugins, "route r", cfg.runtime.pool_max_uses)
+        .await;
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    for (e, reason) in errors.iter().zip([
+        "unknown field `bogus`",
+        "no [key_sets.nope]",
+        "the first instance failed (memory_limit",
+    ]) {
+        assert_eq!(e.matches(reason).count(), 1, "{e}");
+    }
     let Some(bin) = fresh_weir_bin() else {
         return;
     };

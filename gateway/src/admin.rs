@@ -93,8 +93,8 @@ async fn handle(
     Ok(res)
 }
 
-/// Stands in for a secret; long enough that the redacted view still validates (HMAC keys must
-/// be at least 32 bytes).
+/// Stands in for a secret; at least 32 bytes, so a redacted `hmac_secret` still passes the
+/// gateway's own checks.
 const REDACTED: &str = "<redacted-by-the-weir-admin-config-view>";
 
 /// Key names whose string values never leave the process through the config view (plugin
@@ -132,54 +132,109 @@ fn mask_url_password(s: &str) -> Option<String> {
 }
 
 /// The config text with secret values replaced, whatever TOML form they were written in
-/// (dotted, inline tables, multi-line strings). Only strings are replaced, and a table under a
-/// secret key keeps its keys (user names) with every string in it replaced, so the view keeps
-/// the structure and still validates; booleans and numbers (`forward_token = false`) are shown.
-/// The names of upstreams and key sets are names, not secrets. Falls back to a notice if the
-/// text does not parse.
+/// (dotted, inline tables, multi-line strings). Under a secret key, strings and numbers become
+/// a placeholder and the keys of tables become `redacted-N` (api-key-auth's `keys` are the API
+/// keys themselves, basic-auth's `users` the user names); booleans (`forward_token = false`)
+/// are shown. The view stays valid TOML with the same shape, though a plugin that checks the
+/// format of a secret would refuse the placeholder. The names of upstreams and key sets are
+/// names, not secrets. Falls back to a notice if the text does not parse.
 fn redact(text: &str) -> String {
-    /// Replaces every string in `v` (`secret`), or only URL passwords (`!secret`).
-    fn walk_value(v: &mut toml_edit::Value, secret: bool) {
+    fn placeholder() -> toml_edit::Value {
+        toml_edit::Value::from(REDACTED)
+    }
+    /// Everything under a secret key.
+    fn scrub_value(v: &mut toml_edit::Value) {
+        match v {
+            toml_edit::Value::String(_)
+            | toml_edit::Value::Integer(_)
+            | toml_edit::Value::Float(_)
+            | toml_edit::Value::Datetime(_) => *v = placeholder(),
+            toml_edit::Value::Boolean(_) => {}
+            toml_edit::Value::Array(a) => a.iter_mut().for_each(scrub_value),
+            toml_edit::Value::InlineTable(t) => {
+                let entries: Vec<toml_edit::Value> = std::mem::take(t)
+                    .into_iter()
+                    .map(|(_, mut v)| {
+                        scrub_value(&mut v);
+                        v
+                    })
+                    .collect();
+                for (i, v) in entries.into_iter().enumerate() {
+                    t.insert(format!("redacted-{}", i + 1), v);
+                }
+            }
+        }
+    }
+    fn scrub_item(item: &mut toml_edit::Item) {
+        match item {
+            toml_edit::Item::Value(v) => scrub_value(v),
+            toml_edit::Item::Table(t) => {
+                let entries: Vec<toml_edit::Item> = std::mem::take(t)
+                    .into_iter()
+                    .map(|(_, mut i)| {
+                        scrub_item(&mut i);
+                        i
+                    })
+                    .collect();
+                for (i, item) in entries.into_iter().enumerate() {
+                    t.insert(&format!("redacted-{}", i + 1), item);
+                }
+            }
+            toml_edit::Item::ArrayOfTables(a) => a.iter_mut().for_each(|t| {
+                for (_, item) in t.iter_mut() {
+                    scrub_item(item);
+                }
+            }),
+            toml_edit::Item::None => {}
+        }
+    }
+    /// Outside secret keys only URL passwords are masked.
+    fn walk_value(v: &mut toml_edit::Value) {
         match v {
             toml_edit::Value::String(s) => {
-                if secret {
-                    *v = toml_edit::Value::from(REDACTED);
-                } else if let Some(masked) = mask_url_password(s.value()) {
+                if let Some(masked) = mask_url_password(s.value()) {
                     *v = toml_edit::Value::from(masked);
                 }
             }
             toml_edit::Value::InlineTable(t) => {
                 for (k, v) in t.iter_mut() {
-                    walk_value(v, secret || is_secret_key(k.get()));
+                    if is_secret_key(k.get()) {
+                        scrub_value(v);
+                    } else {
+                        walk_value(v);
+                    }
                 }
             }
-            toml_edit::Value::Array(a) => a.iter_mut().for_each(|v| walk_value(v, secret)),
+            toml_edit::Value::Array(a) => a.iter_mut().for_each(walk_value),
             _ => {}
         }
     }
     /// `names`: this table's keys are names chosen by the user (`[upstreams]`, `[key_sets]`).
-    fn walk_table(t: &mut toml_edit::Table, secret: bool, names: bool, top: bool) {
+    fn walk_table(t: &mut toml_edit::Table, names: bool, top: bool) {
         for (k, item) in t.iter_mut() {
-            let secret = secret || (!names && is_secret_key(k.get()));
+            if !names && is_secret_key(k.get()) {
+                scrub_item(item);
+                continue;
+            }
             let child_names = top && matches!(k.get(), "upstreams" | "key_sets");
             match item {
-                toml_edit::Item::Table(t) => walk_table(t, secret, child_names, false),
-                toml_edit::Item::ArrayOfTables(a) => a
-                    .iter_mut()
-                    .for_each(|t| walk_table(t, secret, false, false)),
+                toml_edit::Item::Table(t) => walk_table(t, child_names, false),
+                toml_edit::Item::ArrayOfTables(a) => {
+                    a.iter_mut().for_each(|t| walk_table(t, false, false))
+                }
                 toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) if child_names => {
                     for (_, v) in t.iter_mut() {
-                        walk_value(v, secret);
+                        walk_value(v);
                     }
                 }
-                toml_edit::Item::Value(v) => walk_value(v, secret),
+                toml_edit::Item::Value(v) => walk_value(v),
                 toml_edit::Item::None => {}
             }
         }
     }
     match text.parse::<toml_edit::DocumentMut>() {
         Ok(mut doc) => {
-            walk_table(doc.as_table_mut(), false, false, true);
+            walk_table(doc.as_table_mut(), false, true);
             doc.to_string()
         }
         Err(_) => "# the active config could not be re-read for display\n".to_string(),
@@ -271,11 +326,19 @@ upstream = "users"
 plugins = [
   { name = "jwt-auth", wasm = "a.wasm", config = { key_set = "tokens", forward_token = false } },
   { name = "basic-auth", wasm = "b.wasm", config = { users = { alice = "alice-pw" } } },
+  { name = "api-key-auth", wasm = "k.wasm", config = { keys = { "sk-live-0123" = { consumer = "svc" } }, pin = 4321 } },
   { name = "headers", wasm = "h.wasm", config = { request = { set = { Authorization = "Basic c2VjcmV0", x-env = "prod" } } } },
 ]
 "#;
         let view = redact(text);
-        for secret in ["s3cr3tpass", "hmac-secret-value", "alice-pw", "c2VjcmV0"] {
+        for secret in [
+            "s3cr3tpass",
+            "hmac-secret-value",
+            "alice-pw",
+            "alice",
+            "c2VjcmV0",
+            "sk-live-0123",
+        ] {
             assert!(!view.contains(secret), "{secret} leaked:\n{view}");
         }
         for shown in [
@@ -285,7 +348,9 @@ plugins = [
             "targets = [{ url = \"http://127.0.0.1:9001\" }]",
             "key_set = \"tokens\"",
             "forward_token = false",
-            "alice = \"<redacted",
+            "redacted-1 = \"<redacted",
+            "redacted-1 = { redacted-1 = \"<redacted",
+            "pin = 4321",
             "x-env = \"prod\"",
         ] {
             assert!(view.contains(shown), "{shown} missing:\n{view}");

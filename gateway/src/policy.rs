@@ -117,10 +117,11 @@ impl Runtime {
         refs: &[PluginRef],
         scope: &str,
         max_uses: u64,
+        key_sets: &host::PreparedKeySets,
     ) -> anyhow::Result<Vec<Arc<PluginInstance>>> {
         let mut out = Vec::with_capacity(refs.len());
         for (i, r) in refs.iter().enumerate() {
-            out.push(self.load_one(r, scope, i, max_uses).await?);
+            out.push(self.load_one(r, scope, i, max_uses, Some(key_sets)).await?);
         }
         Ok(out)
     }
@@ -129,7 +130,7 @@ impl Runtime {
     pub async fn check_all(&self, refs: &[PluginRef], scope: &str, max_uses: u64) -> Vec<String> {
         let mut errors = Vec::new();
         for (i, r) in refs.iter().enumerate() {
-            if let Err(e) = self.load_one(r, scope, i, max_uses).await {
+            if let Err(e) = self.load_one(r, scope, i, max_uses, None).await {
                 errors.push(format!("{e:#}"));
             }
         }
@@ -142,9 +143,11 @@ impl Runtime {
         scope: &str,
         i: usize,
         max_uses: u64,
+        key_sets: Option<&host::PreparedKeySets>,
     ) -> anyhow::Result<Arc<PluginInstance>> {
         let mut spec = host::PluginSpec::new(format!("{scope}/{i}:{}", r.name), r.wasm.clone());
         spec.max_uses = max_uses;
+        spec.key_sets = key_sets.cloned();
         spec.name = r.name.clone();
         spec.config_json = r.config_json.clone();
         spec.on_error = match r.on_error {
@@ -171,14 +174,19 @@ impl Runtime {
         }))
     }
 
-    /// Loads the key sets of `config` (reading their key files) for a reload, not in use yet.
-    pub fn prepare_key_sets(&self, config: &Config) -> anyhow::Result<host::PreparedKeySets> {
-        Ok(self.rt.prepare_key_sets(&key_set_specs(config))?)
+    /// Loads the key sets of `config` (reading their key files) for a reload's table; remote
+    /// sets unchanged from `previous` keep their fetched keys.
+    pub fn prepare_key_sets(
+        &self,
+        config: &Config,
+        previous: Option<&host::PreparedKeySets>,
+    ) -> anyhow::Result<host::PreparedKeySets> {
+        Ok(self.rt.prepare_key_sets(&key_set_specs(config), previous)?)
     }
 
-    /// Puts `sets` in use for every plugin; returns the previous ones.
-    pub fn swap_key_sets(&self, sets: host::PreparedKeySets) -> host::PreparedKeySets {
-        self.rt.swap_key_sets(sets)
+    /// The key sets loaded at start (the first table's).
+    pub fn initial_key_sets(&self) -> host::PreparedKeySets {
+        self.rt.initial_key_sets()
     }
 
     pub fn backend_status(&self) -> serde_json::Value {

@@ -26,6 +26,15 @@ pub struct Running {
     admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Dropped without [`Running::wait`] (a test, an error path): the admin listener goes too.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(admin) = self.admin_task.take() {
+            admin.abort();
+        }
+    }
+}
+
 impl Running {
     /// Address of the listener called `name`.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {

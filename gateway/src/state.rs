@@ -36,6 +36,9 @@ pub struct Table {
     pub router: Router<Arc<RouteRuntime>>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub loaded_at: SystemTime,
+    /// This generation's `[key_sets]`, held by its plugins: requests on a table being replaced
+    /// keep verifying with its keys, the new table's plugins use the new ones.
+    pub key_sets: weir_wasm_host::PreparedKeySets,
 }
 
 /// Outcome of the last reload attempt, for `/admin/status`.
@@ -195,30 +198,33 @@ impl Gateway {
             if config.log.format != current.config.log.format {
                 start_only.push("[log] format");
             }
+            if config.cluster != current.config.cluster {
+                start_only.push("[cluster]");
+            }
+            if config.runtime.cache_dir != current.config.runtime.cache_dir {
+                start_only.push("[runtime] cache_dir");
+            }
+            // Limits a listener applies to its connections, set when it starts.
+            let (new, old) = (&config.limits, &current.config.limits);
+            if new.max_request_head != old.max_request_head
+                || new.max_headers != old.max_headers
+                || new.header_read_timeout != old.header_read_timeout
+                || new.h2_max_streams != old.h2_max_streams
+                || new.max_connections != old.max_connections
+            {
+                start_only.push(
+                    "[limits] max_request_head/max_headers/header_read_timeout/h2_max_streams/max_connections",
+                );
+            }
             if !start_only.is_empty() {
                 tracing::warn!(
                     settings = start_only.join(", "),
                     "these settings change at the next restart; everything else is applied"
                 );
             }
-            // New key sets are in place before the plugins' `init` runs (it may check that its
-            // key set exists), and put back if the reload fails.
-            let previous_key_sets = if config.key_sets != current.config.key_sets {
-                let sets = self
-                    .policies
-                    .prepare_key_sets(&config)
-                    .map_err(|e| format!("{e:#}"))?;
-                Some(self.policies.swap_key_sets(sets))
-            } else {
-                None
-            };
-            let built = build_table(config, Some(&current), &self.policies, &self.metrics)
+            build_table(config, Some(&current), &self.policies, &self.metrics)
                 .await
-                .map_err(|e| format!("{e:#}"));
-            if let (Err(_), Some(previous)) = (&built, previous_key_sets) {
-                self.policies.swap_key_sets(previous);
-            }
-            built
+                .map_err(|e| format!("{e:#}"))
         }
         .await;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -296,16 +302,26 @@ pub async fn build_table(
         };
         upstreams.insert(name.clone(), u);
     }
+    // Re-read on every reload (a key file rotated in place counts); fetched JWKS carry over.
+    let key_sets = match previous {
+        Some(p) => policies.prepare_key_sets(&config, Some(&p.key_sets))?,
+        None => policies.initial_key_sets(),
+    };
     let max_uses = config.runtime.pool_max_uses;
     let globals = policies
-        .load_all(&config.global_plugins, "global", max_uses)
+        .load_all(&config.global_plugins, "global", max_uses, &key_sets)
         .await?;
     let mut routes = Vec::new();
     for r in &config.routes {
         let mut plugins = globals.clone();
         plugins.extend(
             policies
-                .load_all(&r.plugins, &format!("route {}", r.name), max_uses)
+                .load_all(
+                    &r.plugins,
+                    &format!("route {}", r.name),
+                    max_uses,
+                    &key_sets,
+                )
                 .await?,
         );
         let spec = Arc::new(r.clone());
@@ -337,5 +353,6 @@ pub async fn build_table(
         router: Router::new(routes),
         upstreams,
         loaded_at: SystemTime::now(),
+        key_sets,
     })
 }

@@ -467,11 +467,17 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|r| r.cache_dir.as_ref())
                 .map(|p| self.path(p)),
-            pool_max_uses: raw
-                .runtime
-                .as_ref()
-                .and_then(|r| r.pool_max_uses)
-                .unwrap_or(10_000),
+            pool_max_uses: match raw.runtime.as_ref().and_then(|r| r.pool_max_uses) {
+                Some(0) => {
+                    self.err(
+                        &root.key("runtime").key("pool_max_uses"),
+                        "pool_max_uses must be at least 1",
+                    );
+                    1
+                }
+                Some(n) => n,
+                None => 10_000,
+            },
         };
         let cluster = raw
             .cluster

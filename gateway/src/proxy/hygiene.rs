@@ -279,14 +279,19 @@ pub fn forwarded_headers(
         }
         chain.push_str(&peer.to_string());
         set(headers, X_FORWARDED_FOR, &chain);
+        // A proxy in front that says where the client came in (a TLS load balancer on 443
+        // forwarding to this listener's 8080) knows the port better than this listener does.
+        let proxy_said_where = headers.contains_key(X_FORWARDED_PROTO)
+            || headers.contains_key(X_FORWARDED_HOST)
+            || headers.contains_key(X_FORWARDED_PORT);
+        if !proxy_said_where {
+            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+        }
         if !headers.contains_key(X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, proto);
         }
         if !headers.contains_key(X_FORWARDED_HOST) {
             set(headers, X_FORWARDED_HOST, host);
-        }
-        if !headers.contains_key(X_FORWARDED_PORT) {
-            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
         }
     } else {
         headers.insert(X_FORWARDED_FOR, ip_value(peer));
@@ -298,6 +303,21 @@ pub fn forwarded_headers(
         headers.remove(header::FORWARDED);
     }
     client
+}
+
+/// Joins an HTTP/2 request's cookie fields into one with `"; "` (RFC 9113 §8.2.3), as an
+/// HTTP/1.1 upstream (and plugins reading `cookie`) expect.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// An IP address as a header value; IPv4 without the formatting machinery (every request).
@@ -479,6 +499,17 @@ mod tests {
     }
 
     #[test]
+    fn http2_cookie_fields_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        h.append("cookie", HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+    }
+
+    #[test]
     fn forwarded_for_trust() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
@@ -505,6 +536,40 @@ mod tests {
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "8.8.8.8");
         assert_eq!(c, "8.8.8.8".parse::<IpAddr>().unwrap());
+        // X-Forwarded-Port: the listener's, unless a trusted proxy said where the client came in.
+        let mut h = HeaderMap::new();
+        forwarded_headers(
+            &mut h,
+            "10.1.1.1".parse().unwrap(),
+            &trusted,
+            "http",
+            "x",
+            8080,
+        );
+        assert_eq!(h.get("x-forwarded-port").unwrap(), "8080");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        forwarded_headers(
+            &mut h,
+            "10.1.1.1".parse().unwrap(),
+            &trusted,
+            "http",
+            "x",
+            8080,
+        );
+        assert!(!h.contains_key("x-forwarded-port"), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-port", HeaderValue::from_static("443"));
+        forwarded_headers(
+            &mut h,
+            "8.8.8.8".parse().unwrap(),
+            &trusted,
+            "http",
+            "x",
+            8080,
+        );
+        assert_eq!(h.get("x-forwarded-port").unwrap(), "8080");
         // `Forwarded` is kept from a trusted proxy, dropped from anyone else.
         for (peer, kept) in [("10.1.1.1", true), ("8.8.8.8", false)] {
             let mut h = HeaderMap::new();

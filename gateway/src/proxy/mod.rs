@@ -123,10 +123,19 @@ async fn route_and_forward(
     facts: &mut RequestFacts,
     chain: &mut Option<policy::ChainSession>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    // Counted before the gateway adds its id headers.
-    let client_headers = req.headers().len();
-    // Request identity first, so that every answer, even an early 400, carries an id.
+    // Counted before the gateway adds its id headers. HTTP/2 clients send each cookie as a
+    // field of its own (RFC 9113 §8.2.3): those count as the one line HTTP/1.1 would have.
     let mut req = req;
+    let client_headers = if req.version() == http::Version::HTTP_2 {
+        let cookies = req.headers().get_all(header::COOKIE).iter().count();
+        if cookies > 1 {
+            hygiene::join_cookies(req.headers_mut());
+        }
+        req.headers().len()
+    } else {
+        0
+    };
+    // Request identity first, so that every answer, even an early 400, carries an id.
     facts.request_id = hygiene::request_id(req.headers_mut());
     facts.trace_id = hygiene::trace_context(req.headers_mut());
 

@@ -42,6 +42,8 @@ pub struct PluginSpec {
     pub http_allow: Vec<String>,
     /// Pooled isolation: an instance is discarded after this many calls (default 10 000).
     pub max_uses: u64,
+    /// The key sets of its `jwt` capability (default: the runtime's initial ones).
+    pub key_sets: Option<crate::runtime::PreparedKeySets>,
 }
 
 impl PluginSpec {
@@ -59,6 +61,7 @@ impl PluginSpec {
             cpu_limit: Duration::from_millis(50),
             http_allow: Vec::new(),
             max_uses: 10_000,
+            key_sets: None,
         }
     }
 }
@@ -69,6 +72,8 @@ pub(crate) struct PluginShared {
     /// Prefix for kv keys and limiter names: plugins never see each other's data.
     pub(crate) kv_namespace: String,
     pub(crate) http_allow: Vec<AllowRule>,
+    /// What its `jwt` capability verifies against.
+    pub(crate) key_sets: Arc<crate::host::jwt::KeySets>,
     pub(crate) services: Arc<Services>,
 }
 

@@ -64,16 +64,18 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Key sets loaded by [`PolicyRuntime::prepare_key_sets`], not yet in use.
+/// Key sets loaded by [`PolicyRuntime::prepare_key_sets`]: a generation of the gateway's
+/// `[key_sets]`, held by the plugins loaded with it (a reload's new plugins get new ones while
+/// requests on the old table keep verifying with the old).
+#[derive(Clone, Debug)]
 pub struct PreparedKeySets(Arc<KeySets>);
 
 /// Host services shared by every plugin of a runtime.
 pub(crate) struct Services {
     pub(crate) kv: Arc<dyn KvBackend>,
     pub(crate) limiter: Arc<dyn RateLimitBackend>,
-    /// Replaced as a whole when a reload changes `[key_sets]`; a verification holds the set it
-    /// started with.
-    pub(crate) key_sets: arc_swap::ArcSwap<KeySets>,
+    /// The key sets of plugins whose spec names none (see [`PluginSpec::key_sets`]).
+    pub(crate) key_sets: Arc<KeySets>,
     pub(crate) http: HttpClient,
     pub(crate) http_timeout: Duration,
     pub(crate) custom_metrics: Arc<CustomMetrics>,
@@ -197,7 +199,7 @@ impl PolicyRuntime {
         let services = Arc::new(Services {
             kv: cfg.kv,
             limiter: cfg.limiter,
-            key_sets: arc_swap::ArcSwap::from_pointee(KeySets::load(&cfg.key_sets, http.clone())?),
+            key_sets: Arc::new(KeySets::load(&cfg.key_sets, http.clone(), None)?),
             http,
             http_timeout: cfg.http_timeout,
             custom_metrics: Arc::new(CustomMetrics::default()),
@@ -217,23 +219,28 @@ impl PolicyRuntime {
         })
     }
 
-    /// Whether the epoch thread (the clock of the plugins' CPU deadlines) runs: from the first
-    /// plugin load on.
-    /// Loads `specs` (key files read now, so a bad one fails here) without using them yet.
+    /// Loads `specs` (key files read now, so a bad one fails here) for plugins loaded with
+    /// them ([`PluginSpec::key_sets`]); remote sets unchanged from `previous` keep their keys.
     pub fn prepare_key_sets(
         &self,
         specs: &HashMap<String, KeySetSpec>,
+        previous: Option<&PreparedKeySets>,
     ) -> Result<PreparedKeySets, RuntimeError> {
-        let sets = KeySets::load(specs, self.inner.services.http.clone())?;
+        let sets = KeySets::load(
+            specs,
+            self.inner.services.http.clone(),
+            previous.map(|p| &*p.0),
+        )?;
         Ok(PreparedKeySets(Arc::new(sets)))
     }
 
-    /// Makes `sets` the key sets of every plugin (verified-token cache included) and returns the
-    /// previous ones, so a reload that fails later can put them back.
-    pub fn swap_key_sets(&self, sets: PreparedKeySets) -> PreparedKeySets {
-        PreparedKeySets(self.inner.services.key_sets.swap(sets.0))
+    /// The key sets the runtime was created with: those of a plugin whose spec names none.
+    pub fn initial_key_sets(&self) -> PreparedKeySets {
+        PreparedKeySets(self.inner.services.key_sets.clone())
     }
 
+    /// Whether the epoch thread (the clock of the plugins' CPU deadlines) runs: from the first
+    /// plugin load on.
     pub fn epoch_ticking(&self) -> bool {
         self.inner
             .ticker
@@ -298,6 +305,10 @@ impl PolicyRuntime {
             id: Arc::from(spec.id.as_str()),
             kv_namespace: namespace(&spec.id),
             http_allow,
+            key_sets: spec
+                .key_sets
+                .as_ref()
+                .map_or_else(|| inner.services.key_sets.clone(), |k| k.0.clone()),
             services: inner.services.clone(),
         });
         let core = PluginCore::new(

@@ -174,7 +174,9 @@ struct Remote {
 
 struct KeySet {
     static_keys: Vec<KeyEntry>,
-    remote: Option<Remote>,
+    /// Shared with the key sets of the next reload while the URL stays the same, so a reload
+    /// keeps the fetched keys (and the fallback to them when the JWKS endpoint is down).
+    remote: Option<Arc<Remote>>,
 }
 
 /// Every configured key set, by name.
@@ -226,9 +228,11 @@ impl std::fmt::Debug for KeySets {
 
 impl KeySets {
     /// Loads every file-based key now, so a bad key file fails at start, not on a request.
+    /// A remote set whose name and URL are unchanged from `previous` keeps its fetched keys.
     pub(crate) fn load(
         specs: &HashMap<String, KeySetSpec>,
         http: HttpClient,
+        previous: Option<&KeySets>,
     ) -> Result<Self, RuntimeError> {
         let mut sets = HashMap::new();
         for (name, spec) in specs {
@@ -265,11 +269,18 @@ impl KeySets {
                 Some(url) => {
                     url.parse::<http::Uri>()
                         .map_err(|e| err(format!("jwks_url: {e}")))?;
-                    Some(Remote {
-                        url: url.clone(),
-                        keys: RwLock::new(Arc::new(Vec::new())),
-                        state: tokio::sync::Mutex::new(RemoteState::default()),
-                    })
+                    let kept = previous
+                        .and_then(|p| p.sets.get(name))
+                        .and_then(|s| s.remote.as_ref())
+                        .filter(|r| r.url == *url)
+                        .cloned();
+                    Some(kept.unwrap_or_else(|| {
+                        Arc::new(Remote {
+                            url: url.clone(),
+                            keys: RwLock::new(Arc::new(Vec::new())),
+                            state: tokio::sync::Mutex::new(RemoteState::default()),
+                        })
+                    }))
                 }
                 None => None,
             };
@@ -657,8 +668,7 @@ impl Host for HostState {
     ) -> Result<String, VerifyError> {
         self.host_call_begin();
         let plugin = self.plugin.clone();
-        let key_sets = plugin.services.key_sets.load_full();
-        let r = key_sets.verify(&token, &options).await;
+        let r = plugin.key_sets.verify(&token, &options).await;
         self.host_call_end();
         r
     }
@@ -667,6 +677,29 @@ impl Host for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reload's key sets keep the JWKS fetched for an unchanged URL (and with it the fallback
+    /// to those keys while the endpoint is down); a new URL starts afresh.
+    #[test]
+    fn a_reload_keeps_the_fetched_jwks_of_an_unchanged_url() {
+        let spec = |url: &str| {
+            HashMap::from([(
+                "idp".to_string(),
+                KeySetSpec {
+                    jwks_url: Some(url.into()),
+                    ..KeySetSpec::default()
+                },
+            )])
+        };
+        let http = HttpClient::new().unwrap();
+        let first = KeySets::load(&spec("https://idp.test/jwks"), http.clone(), None).unwrap();
+        let same =
+            KeySets::load(&spec("https://idp.test/jwks"), http.clone(), Some(&first)).unwrap();
+        let moved = KeySets::load(&spec("https://other.test/jwks"), http, Some(&first)).unwrap();
+        let remote = |k: &KeySets| k.sets["idp"].remote.clone().unwrap();
+        assert!(Arc::ptr_eq(&remote(&first), &remote(&same)));
+        assert!(!Arc::ptr_eq(&remote(&first), &remote(&moved)));
+    }
 
     #[test]
     fn base64url_roundtrip_cases() {
