@@ -819,8 +819,9 @@ impl Validator<'_> {
                 Ok(r) => PathMatch::Regex(r),
                 Err(e) => {
                     self.err(&mat.key("path_regex"), format!("invalid regex: {e}"));
-                    // Recorded; the rest of the route is still checked (the config is refused).
-                    PathMatch::Prefix("/".to_string())
+                    // Recorded; the rest of the route is still checked (the config is refused),
+                    // as for a regex route (not a prefix: `strip_prefix` stays an error).
+                    PathMatch::Exact("/".to_string())
                 }
             }
         } else {
