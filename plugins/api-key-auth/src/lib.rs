@@ -175,7 +175,7 @@ impl Policy for ApiKeyAuth {
     }
 
     fn on_request(&self, req: &Request) -> Action {
-        let Some((key, source)) = self.find_key(req) else {
+        let Some((key, _source)) = self.find_key(req) else {
             return self.unauthorized("missing API key");
         };
         let entry = match self.lookup(&key) {
@@ -196,15 +196,21 @@ impl Policy for ApiKeyAuth {
             context::set("consumer.groups", &entry.groups.join(","));
         }
         let mut edits = RequestEdits::default();
+        // Both places a key can come from, not only the one used: a second key must not
+        // reach the upstream either.
         if self.hide_credentials {
-            edits = match (source, &self.header, &self.query) {
-                (Source::Header, Some(h), _) => edits.remove_header(h),
-                (Source::Query, _, Some(q)) => match query_without(req, q) {
+            if let Some(h) = &self.header {
+                edits = edits.remove_header(h);
+            }
+            if let Some(q) = &self.query
+                && req.query.is_some()
+            {
+                edits = match query_without(req, q) {
                     rest if rest.is_empty() => edits.remove_query(),
+                    rest if Some(rest.as_str()) == req.query.as_deref() => edits,
                     rest => edits.set_query(&rest),
-                },
-                _ => edits,
-            };
+                };
+            }
         }
         Action::Continue(edits)
     }
@@ -274,6 +280,14 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // A key in the header, another in the query: neither reaches the upstream.
+        let mut both = harness(json!({
+            "header": "x-api-key", "query": "api_key", "keys": { "k": { "consumer": "c" } }
+        }));
+        let a = both.on_request(Request::get("/x?api_key=other&b=2").header("x-api-key", "k"));
+        let e = a.edits().unwrap();
+        assert_eq!(e.remove_headers, ["x-api-key"]);
+        assert_eq!(e.query.as_deref(), Some("b=2"));
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! locally with 204 and never reach the upstream; preflights from other origins get 403.
 //! Actual requests from allowed origins get `Access-Control-Allow-Origin` (and friends) on the
 //! response. Origins are exact (`https://app.example.com`), subdomain wildcards
-//! (`https://*.example.com`) or `*`. With `credentials = true` the origin is echoed instead of
-//! `*`, as browsers require.
+//! (`https://*.example.com`) or `*`. With `credentials = true` the allowed origin is echoed,
+//! as browsers require; `*` together with `credentials = true` is refused at `init`, since it
+//! would let every website read credentialed answers. Unless the policy is `*` alone, every
+//! response carries `Vary: Origin` (allowed origin, other origin or none), so a shared cache
+//! never serves one origin's answer to another.
 
 use serde::Deserialize;
 use weir_plugin_sdk::prelude::*;
@@ -149,6 +152,13 @@ impl Policy for Cors {
         if cfg.methods.is_empty() {
             return Err("methods must not be empty".into());
         }
+        if cfg.credentials && rules.contains(&OriginRule::Any) {
+            return Err(
+                "origins: \"*\" with credentials = true would let every website read \
+                        credentialed responses; list the allowed origins"
+                    .into(),
+            );
+        }
         let join = |v: &[String]| (!v.is_empty()).then(|| v.join(", "));
         Ok(Self {
             rules,
@@ -176,8 +186,19 @@ impl Policy for Cors {
     }
 
     fn on_request(&self, req: &Request) -> Action {
+        // The answer depends on `Origin` unless every origin gets `*`.
+        let varies = self.rules.iter().any(|r| *r != OriginRule::Any);
+        let vary_only = || {
+            if varies {
+                RequestEdits::default()
+                    .append_response_header("vary", "Origin")
+                    .into()
+            } else {
+                Action::next()
+            }
+        };
         let Some(origin) = req.header("origin") else {
-            return Action::next();
+            return vary_only();
         };
         if req.method.eq_ignore_ascii_case("OPTIONS")
             && req.header("access-control-request-method").is_some()
@@ -185,7 +206,7 @@ impl Policy for Cors {
             return self.preflight(req, origin);
         }
         let Some(allow) = self.allow_origin(origin) else {
-            return Action::next();
+            return vary_only();
         };
         // Response headers decided now: no `on_response` call, and a later plugin's local answer
         // (a 401 from an auth plugin) carries them too, so the browser can read it.
@@ -299,9 +320,19 @@ mod tests {
             Some("content-type")
         );
 
-        let a = h.on_request(Request::get("/").header("origin", "https://other.com"));
-        assert!(a.edits().unwrap().is_empty());
-        assert!(h.on_request(Request::get("/")).edits().unwrap().is_empty());
+        // Other origins and requests without one get no CORS headers, but `Vary: Origin`.
+        for req in [
+            Request::get("/").header("origin", "https://other.com"),
+            Request::get("/"),
+        ] {
+            let a = h.on_request(req);
+            let e = a.edits().unwrap();
+            assert!(e.set_response_headers.is_empty());
+            assert_eq!(
+                e.append_response_headers,
+                vec![("vary".to_string(), "Origin".to_string())]
+            );
+        }
     }
 
     #[test]
@@ -314,13 +345,13 @@ mod tests {
             Some("*")
         );
         assert!(e.append_response_headers.is_empty());
-        // With credentials, `*` is not allowed by browsers: the origin is echoed.
-        let mut c = Harness::<Cors>::new(json!({ "origins": ["*"], "credentials": true })).unwrap();
-        let a = c.on_request(preflight("https://x.io"));
-        assert_eq!(
-            a.response().unwrap().header("access-control-allow-origin"),
-            Some("https://x.io")
-        );
+        // `*` alone: nothing varies, requests without an origin are untouched.
+        assert!(h.on_request(Request::get("/")).edits().unwrap().is_empty());
+        // With credentials, `*` would let every site read credentialed answers: refused.
+        let err = Harness::<Cors>::new(json!({ "origins": ["*"], "credentials": true }))
+            .err()
+            .unwrap();
+        assert!(err.contains("credentials"), "{err}");
     }
 
     #[test]

@@ -97,8 +97,15 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "d", rename_all = "lowercase")]
 enum Decision {
-    Allow { headers: Vec<(String, String)> },
-    Deny { status: u16 },
+    Allow {
+        headers: Vec<(String, String)>,
+    },
+    Deny {
+        status: u16,
+        /// The service's `WWW-Authenticate` on a 401 (RFC 9110 requires one on every 401).
+        #[serde(default)]
+        challenge: Option<String>,
+    },
 }
 
 /// The external authorization policy.
@@ -246,6 +253,10 @@ impl ExtAuthz {
             }),
             401 | 403 => Ok(Decision::Deny {
                 status: resp.status,
+                challenge: resp
+                    .header("www-authenticate")
+                    .filter(|v| !v.chars().any(char::is_control))
+                    .map(str::to_string),
             }),
             s => Err(ServiceError(format!("authorization service answered {s}"))),
         }
@@ -297,18 +308,20 @@ impl ExtAuthz {
                 context::set("ext_authz.decision", "allow");
                 Action::Continue(self.upstream_edits(headers))
             }
-            Decision::Deny { status } => {
+            Decision::Deny { status, challenge } => {
                 metrics::counter_add(
                     "ext_authz_decisions_total",
                     &[("decision", "deny"), ("source", source)],
                     1,
                 );
-                let (status, title) = if *status == 401 {
-                    (401, "Unauthorized")
-                } else {
-                    (403, "Forbidden")
-                };
-                Response::problem(status, title, "denied by the authorization service").into()
+                let denied = "denied by the authorization service";
+                if *status == 401 {
+                    let challenge = challenge.as_deref().unwrap_or("Bearer realm=\"weir\"");
+                    return Response::problem(401, "Unauthorized", denied)
+                        .with_header("www-authenticate", challenge)
+                        .into();
+                }
+                Response::problem(403, "Forbidden", denied).into()
             }
         }
     }
@@ -504,9 +517,22 @@ mod tests {
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
         assert!(h.context_get("ext_authz.decision").is_none());
 
-        MockHost::http_respond(URL, OutboundResponse::new(401, ""));
+        // A 401 keeps the service's challenge (a default one when it sent none).
+        let mut unauthorized = OutboundResponse::new(401, "");
+        unauthorized
+            .headers
+            .push(("www-authenticate".into(), "Basic realm=\"idp\"".into()));
+        MockHost::http_respond(URL, unauthorized);
         let a = h.on_request(req("Bearer other"));
-        assert_eq!(a.response().unwrap().status, 401);
+        let r = a.response().unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"idp\""));
+        MockHost::http_respond(URL, OutboundResponse::new(401, ""));
+        let a = h.on_request(req("Bearer third"));
+        assert_eq!(
+            a.response().unwrap().header("www-authenticate"),
+            Some("Bearer realm=\"weir\"")
+        );
     }
 
     #[test]

@@ -105,6 +105,13 @@ pub struct Config {
     /// Claim whose value becomes the `consumer`.
     #[serde(default = "default_consumer_claim")]
     consumer_claim: String,
+    /// Claim whose values become `consumer.groups` (for `acl`'s group rules).
+    #[serde(default = "default_groups_claim")]
+    groups_claim: String,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
 }
 
 /// The JWT authentication policy.
@@ -116,6 +123,7 @@ pub struct JwtAuth {
     required_scopes: Vec<String>,
     realm: String,
     consumer_claim: String,
+    groups_claim: String,
 }
 
 impl JwtAuth {
@@ -142,7 +150,23 @@ impl JwtAuth {
 }
 
 /// Publishes the claims for later plugins of the chain.
-fn claims_to_context(claims: &Claims, consumer_claim: &str) {
+/// The groups in claim `name`: an array of strings, or one string of names separated by
+/// spaces or commas; joined with commas as `consumer.groups` is written by every auth plugin.
+fn groups(claims: &Claims, name: &str) -> Option<String> {
+    let list: Vec<&str> = match claims.get(name)? {
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        Value::String(s) => s.split(|c: char| c == ',' || c.is_whitespace()).collect(),
+        _ => return None,
+    };
+    let list: Vec<&str> = list
+        .into_iter()
+        .map(str::trim)
+        .filter(|g| !g.is_empty() && !g.contains(','))
+        .collect();
+    Some(list.join(","))
+}
+
+fn claims_to_context(claims: &Claims, consumer_claim: &str, groups_claim: &str) {
     for (name, value) in &claims.0 {
         let scalar = matches!(
             value,
@@ -158,6 +182,9 @@ fn claims_to_context(claims: &Claims, consumer_claim: &str) {
     }
     if let Some(consumer) = claims.display(consumer_claim) {
         context::set("consumer", &consumer);
+    }
+    if let Some(groups) = groups(claims, groups_claim) {
+        context::set("consumer.groups", &groups);
     }
 }
 
@@ -209,6 +236,7 @@ impl Policy for JwtAuth {
             required_scopes: cfg.required_scopes,
             realm: cfg.realm,
             consumer_claim: cfg.consumer_claim,
+            groups_claim: cfg.groups_claim,
         })
     }
 
@@ -261,7 +289,7 @@ impl Policy for JwtAuth {
             .into();
         }
 
-        claims_to_context(&claims, &self.consumer_claim);
+        claims_to_context(&claims, &self.consumer_claim, &self.groups_claim);
         let mut edits = RequestEdits::default();
         for (claim, header) in &self.claims_to_headers {
             match claims.display(claim) {
@@ -422,6 +450,24 @@ mod tests {
             a.response().unwrap().header("www-authenticate"),
             Some(r#"Bearer realm="api", error="invalid_token""#)
         );
+    }
+
+    #[test]
+    fn groups_claim_becomes_consumer_groups() {
+        MockHost::jwt_accepts(
+            "g1",
+            r#"{"sub":"a","groups":["admin","ops"],"exp":9999999999}"#,
+        );
+        MockHost::jwt_accepts("g2", r#"{"sub":"b","roles":"dev qa","exp":9999999999}"#);
+        let mut h = harness(json!({}));
+        h.on_request(Request::get("/").header("authorization", "Bearer g1"));
+        assert_eq!(
+            h.context_get("consumer.groups").as_deref(),
+            Some("admin,ops")
+        );
+        let mut h = harness(json!({ "groups_claim": "roles" }));
+        h.on_request(Request::get("/").header("authorization", "Bearer g2"));
+        assert_eq!(h.context_get("consumer.groups").as_deref(), Some("dev,qa"));
     }
 
     #[test]

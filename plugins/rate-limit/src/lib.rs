@@ -232,6 +232,12 @@ impl Policy for RateLimit {
             if l.requests == 0 {
                 return Err(format!("limits[{i}]: requests must be at least 1"));
             }
+            if cfg.cost > l.requests {
+                return Err(format!(
+                    "limits[{i}]: cost {} is more than requests {}: no request could ever pass",
+                    cfg.cost, l.requests
+                ));
+            }
             let id = match (&l.id, &l.window) {
                 (Some(id), _) => id.clone(),
                 (None, WindowText::Text(t)) => t.trim().to_string(),
@@ -510,5 +516,9 @@ mod tests {
         );
         assert!(err(json!({ "key": "ip", "limits": [{ "requests": 1, "window": "1s" }, { "requests": 2, "window": "1s" }] })).contains("duplicate"));
         assert!(err(json!({ "key": "ip" })).contains("missing field `limits`"));
+        assert!(
+            err(json!({ "key": "ip", "cost": 10, "limits": [{ "requests": 5, "window": "1m" }] }))
+                .contains("no request could ever pass")
+        );
     }
 }
