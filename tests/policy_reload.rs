@@ -409,6 +409,17 @@ async fn default_cpu_limit_does_not_fail_requests_under_contention() {
     );
 }
 
+/// The status of `GET /x` with `token` as a bearer.
+async fn bearer_status(gw: &TestGateway, token: &str) -> u16 {
+    TestClient::new()
+        .get_with(
+            &gw.url("/x"),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .status
+}
+
 /// `[key_sets]` follow reloads: a rotated HMAC secret takes over without a restart, and a
 /// jwt-auth plugin naming a key set the config lacks fails its `init`, so that reload (and
 /// `weir validate`) is refused while the previous keys keep verifying.
@@ -433,26 +444,16 @@ async fn key_sets_follow_reloads_and_an_unknown_key_set_is_refused() {
         hs256(OLD.as_bytes(), &claims),
         hs256(NEW.as_bytes(), &claims),
     );
-    let client = TestClient::new();
-    let status = |token: String| {
-        let (client, url) = (&client, gw.url("/x"));
-        async move {
-            client
-                .get_with(&url, &[("authorization", &format!("Bearer {token}"))])
-                .await
-                .status
-        }
-    };
-    assert_eq!(status(old_token.clone()).await, 200);
-    assert_eq!(status(new_token.clone()).await, 401);
+    assert_eq!(bearer_status(&gw, &old_token).await, 200);
+    assert_eq!(bearer_status(&gw, &new_token).await, 401);
 
     // A typo in the plugin's key set: refused, the old secret still verifies.
     replace_atomically(&gw.config_path, cfg(NEW, "mian").as_bytes());
     let r = admin_post(&gw, "/admin/reload").await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.text().contains("no [key_sets.mian]"), "{}", r.text());
-    assert_eq!(status(old_token.clone()).await, 200);
-    assert_eq!(status(new_token.clone()).await, 401);
+    assert_eq!(bearer_status(&gw, &old_token).await, 200);
+    assert_eq!(bearer_status(&gw, &new_token).await, 401);
     assert_eq!(
         weir::cli::validate(&gw.config_path).await,
         std::process::ExitCode::FAILURE
@@ -462,8 +463,8 @@ async fn key_sets_follow_reloads_and_an_unknown_key_set_is_refused() {
     replace_atomically(&gw.config_path, cfg(NEW, "main").as_bytes());
     let r = admin_post(&gw, "/admin/reload").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(status(new_token).await, 200);
-    assert_eq!(status(old_token).await, 401);
+    assert_eq!(bearer_status(&gw, &new_token).await, 200);
+    assert_eq!(bearer_status(&gw, &old_token).await, 401);
     gw.shutdown().await;
 }
 
@@ -491,22 +492,12 @@ async fn a_key_file_rotated_in_place_is_read_again_on_reload() {
     let gw = TestGateway::start_in(dir, &toml).await.unwrap();
     let claims = serde_json::json!({ "sub": "alice", "exp": now() + 600 });
     let (old_token, new_token) = (rs256(&old_private, &claims), rs256(&new_private, &claims));
-    let client = TestClient::new();
-    let status = |token: String| {
-        let (client, url) = (&client, gw.url("/x"));
-        async move {
-            client
-                .get_with(&url, &[("authorization", &format!("Bearer {token}"))])
-                .await
-                .status
-        }
-    };
-    assert_eq!(status(old_token.clone()).await, 200);
-    assert_eq!(status(new_token.clone()).await, 401);
+    assert_eq!(bearer_status(&gw, &old_token).await, 200);
+    assert_eq!(bearer_status(&gw, &new_token).await, 401);
     replace_atomically(&gw.path("signer.pub.pem"), &new_public);
     let r = admin_post(&gw, "/admin/reload").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(status(new_token).await, 200);
-    assert_eq!(status(old_token).await, 401);
+    assert_eq!(bearer_status(&gw, &new_token).await, 200);
+    assert_eq!(bearer_status(&gw, &old_token).await, 401);
     gw.shutdown().await;
 }

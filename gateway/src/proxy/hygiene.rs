@@ -512,69 +512,35 @@ mod tests {
     #[test]
     fn forwarded_for_trust() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let c = forwarded_headers(
-            &mut h,
-            "10.1.1.1".parse().unwrap(),
-            &trusted,
-            "http",
-            "x",
-            80,
-        );
+        // The headers the gateway forwards, and the client it reports, for a request from
+        // `peer` carrying `sent`, on a listener at port 8080.
+        let run = |peer: &str, sent: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in sent {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            let c = forwarded_headers(&mut h, peer.parse().unwrap(), &trusted, "http", "x", 8080);
+            (h, c)
+        };
+        let (h, c) = run("10.1.1.1", &[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 10.1.1.1");
         assert_eq!(c, "1.2.3.4".parse::<IpAddr>().unwrap());
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let c = forwarded_headers(
-            &mut h,
-            "8.8.8.8".parse().unwrap(),
-            &trusted,
-            "http",
-            "x",
-            80,
-        );
+        let (h, c) = run("8.8.8.8", &[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "8.8.8.8");
         assert_eq!(c, "8.8.8.8".parse::<IpAddr>().unwrap());
         // X-Forwarded-Port: the listener's, unless a trusted proxy said where the client came in.
-        let mut h = HeaderMap::new();
-        forwarded_headers(
-            &mut h,
-            "10.1.1.1".parse().unwrap(),
-            &trusted,
-            "http",
-            "x",
-            8080,
-        );
+        let (h, _) = run("10.1.1.1", &[]);
         assert_eq!(h.get("x-forwarded-port").unwrap(), "8080");
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        forwarded_headers(
-            &mut h,
-            "10.1.1.1".parse().unwrap(),
-            &trusted,
-            "http",
-            "x",
-            8080,
-        );
+        let (h, _) = run("10.1.1.1", &[("x-forwarded-proto", "https")]);
         assert!(!h.contains_key("x-forwarded-port"), "{h:?}");
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("x-forwarded-port", HeaderValue::from_static("443"));
-        forwarded_headers(
-            &mut h,
-            "8.8.8.8".parse().unwrap(),
-            &trusted,
-            "http",
-            "x",
-            8080,
+        let (h, _) = run(
+            "8.8.8.8",
+            &[("x-forwarded-proto", "https"), ("x-forwarded-port", "443")],
         );
         assert_eq!(h.get("x-forwarded-port").unwrap(), "8080");
         // `Forwarded` is kept from a trusted proxy, dropped from anyone else.
         for (peer, kept) in [("10.1.1.1", true), ("8.8.8.8", false)] {
-            let mut h = HeaderMap::new();
-            h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
-            forwarded_headers(&mut h, peer.parse().unwrap(), &trusted, "http", "x", 80);
+            let (h, _) = run(peer, &[("forwarded", "for=1.2.3.4")]);
             assert_eq!(h.contains_key("forwarded"), kept, "peer {peer}");
         }
     }
