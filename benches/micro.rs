@@ -153,6 +153,7 @@ fn bench_hygiene(c: &mut Criterion) {
     let base = realistic_headers();
     assert_eq!(base.len(), 15);
     let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+    let port = http::HeaderValue::from_static("443");
     let untrusted_peer: IpAddr = "198.51.100.20".parse().unwrap();
     let trusted_peer: IpAddr = "10.1.2.3".parse().unwrap();
     let mut g = c.benchmark_group("header_hygiene_15");
@@ -175,7 +176,9 @@ fn bench_hygiene(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("forwarded_headers", label), |b| {
             b.iter_batched_ref(
                 || base.clone(),
-                |h| hygiene::forwarded_headers(h, peer, &trusted, "https", "api.example.com", 443),
+                |h| {
+                    hygiene::forwarded_headers(h, peer, &trusted, "https", "api.example.com", &port)
+                },
                 BatchSize::SmallInput,
             )
         });
@@ -203,7 +206,7 @@ fn bench_hygiene(c: &mut Criterion) {
                     &trusted,
                     "https",
                     "api.example.com",
-                    443,
+                    &port,
                 );
                 (ok, id, trace, client)
             },

@@ -219,6 +219,17 @@ match = { path_prefix = "/u2" }
 upstream = "app"
 "#;
 
+/// Runs `weir validate -c path` with the binary, expects exit 1 and returns its stderr.
+fn validate_fails(bin: &Path, path: &Path) -> String {
+    let out = std::process::Command::new(bin)
+        .args(["validate", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Writes `text` as `broken.toml` in `dir`, next to the (empty) plugin file it names, and returns
 /// its path.
 fn write_broken(dir: &Path, text: &str) -> PathBuf {
@@ -301,13 +312,7 @@ async fn broken_config_reports_every_error_with_location() {
     assert_eq!(weir::cli::validate(&p).await, ExitCode::FAILURE);
 
     if let Some(bin) = fresh_weir_bin() {
-        let out = std::process::Command::new(bin)
-            .args(["validate", "-c"])
-            .arg(&p)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = validate_fails(&bin, &p);
         assert_located(&stderr, &file, BROKEN);
         assert!(
             stderr.contains(&format!("{file}: {} error(s)", EXPECTED.len())),
@@ -421,13 +426,7 @@ async fn every_plugin_failure_is_reported_once() {
     let Some(bin) = fresh_weir_bin() else {
         return;
     };
-    let out = std::process::Command::new(bin)
-        .args(["validate", "-c"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = validate_fails(&bin, &p);
     for (plugin, reason) in [
         ("route r/0:h", "unknown field `bogus`"),
         ("route r/1:j", "no [key_sets.nope]"),

@@ -452,7 +452,14 @@ pub fn headers(data: &[u8]) {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let client = hygiene::forwarded_headers(&mut h, peer, &trusted, scheme, &host_hdr, 8080);
+    let client = hygiene::forwarded_headers(
+        &mut h,
+        peer,
+        &trusted,
+        scheme,
+        &host_hdr,
+        &HeaderValue::from_static("8080"),
+    );
     let xff: Vec<&HeaderValue> = h.get_all("x-forwarded-for").iter().collect();
     assert_eq!(xff.len(), 1, "X-Forwarded-For fields: {xff:?}");
     let chain = xff[0].to_str().unwrap_or_default();

@@ -279,8 +279,7 @@ mod tests {
         let conn = Arc::new(ConnInfo::new(
             ([127, 0, 0, 1], 1).into(),
             "http",
-            80,
-            "t".into(),
+            http::HeaderValue::from_static("80"),
         ));
         let mut o = FramingObserver::new((), conn.clone());
         for c in chunks {

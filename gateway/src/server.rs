@@ -294,6 +294,7 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
     let permits = Arc::new(Semaphore::new(max_connections as usize));
     let name: Arc<str> = Arc::from(bound.spec.name.as_str());
     let scheme = if bound.tls.is_some() { "https" } else { "http" };
+    let forwarded_port = http::HeaderValue::from(bound.local_addr.port());
     let _watch = bound.tls.as_ref().map(|t| {
         gw.register_tls(&bound.spec.name, t.clone());
         t.watch()
@@ -327,12 +328,7 @@ pub async fn serve(gw: Arc<Gateway>, bound: BoundListener, mut shutdown: watch::
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnInfo::new(
-            peer,
-            scheme,
-            bound.local_addr.port(),
-            name.clone(),
-        ));
+        let conn = Arc::new(ConnInfo::new(peer, scheme, forwarded_port.clone()));
         let svc = ConnService {
             gw: gw.clone(),
             conn: conn.clone(),

@@ -179,12 +179,14 @@ pub async fn send(
                 upstream.count_status(&gw.metrics, status);
                 let retry_status = (policy.on_5xx && status.is_server_error())
                     || policy.on_statuses.contains(&status.as_u16());
-                if retry_status && may_retry && idempotent && Instant::now() < deadline {
-                    next = upstream.pick(key, &tried);
-                    if next.is_some() {
-                        route.budget.record_retry();
-                        continue;
-                    }
+                if retry_status
+                    && may_retry
+                    && idempotent
+                    && Instant::now() < deadline
+                    && let Some(i) = retry_target(upstream, key, &tried, route)
+                {
+                    next = Some(i);
+                    continue;
                 }
                 let (mut rparts, rbody) = res.into_parts();
                 // The client gets the gateway's own HTTP version, not the upstream's (an
@@ -225,12 +227,13 @@ pub async fn send(
                 } else {
                     policy.on_reset && idempotent
                 };
-                if retry && may_retry && Instant::now() < deadline {
-                    next = upstream.pick(key, &tried);
-                    if next.is_some() {
-                        route.budget.record_retry();
-                        continue;
-                    }
+                if retry
+                    && may_retry
+                    && Instant::now() < deadline
+                    && let Some(i) = retry_target(upstream, key, &tried, route)
+                {
+                    next = Some(i);
+                    continue;
                 }
                 let reason = error_chain(&e);
                 return Err(if connect {
@@ -249,17 +252,31 @@ pub async fn send(
                 drop(guard);
                 upstream.report(idx, false);
                 upstream.count_failure(&gw.metrics, "timeout");
-                if policy.on_timeout && may_retry && idempotent && Instant::now() < deadline {
-                    next = upstream.pick(key, &tried);
-                    if next.is_some() {
-                        route.budget.record_retry();
-                        continue;
-                    }
+                if policy.on_timeout
+                    && may_retry
+                    && idempotent
+                    && Instant::now() < deadline
+                    && let Some(i) = retry_target(upstream, key, &tried, route)
+                {
+                    next = Some(i);
+                    continue;
                 }
                 return Err(GatewayError::UpstreamTimeout(name.to_string()));
             }
         }
     }
+}
+
+/// The target of a retry, if one is left untried; the retry is then charged to the budget.
+fn retry_target(
+    upstream: &Upstream,
+    key: Option<u64>,
+    tried: &[usize],
+    route: &RouteRuntime,
+) -> Option<usize> {
+    let i = upstream.pick(key, tried)?;
+    route.budget.record_retry();
+    Some(i)
 }
 
 /// hyper marks a failure of the body *we* were streaming as a user error.

@@ -241,7 +241,7 @@ pub fn forwarded_headers(
     trusted: &[ipnet::IpNet],
     scheme: &str,
     host: &str,
-    port: u16,
+    port: &HeaderValue,
 ) -> IpAddr {
     let peer_trusted = trusted.iter().any(|n| n.contains(&peer));
     let mut client = peer;
@@ -285,7 +285,7 @@ pub fn forwarded_headers(
             || headers.contains_key(X_FORWARDED_HOST)
             || headers.contains_key(X_FORWARDED_PORT);
         if !proxy_said_where {
-            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+            headers.insert(X_FORWARDED_PORT, port.clone());
         }
         if !headers.contains_key(X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, proto);
@@ -297,7 +297,7 @@ pub fn forwarded_headers(
         headers.insert(X_FORWARDED_FOR, ip_value(peer));
         headers.insert(X_FORWARDED_PROTO, proto);
         set(headers, X_FORWARDED_HOST, host);
-        headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+        headers.insert(X_FORWARDED_PORT, port.clone());
         // RFC 7239's `Forwarded` from an untrusted client would contradict the X-Forwarded-*
         // just written; the gateway does not write it, so it goes.
         headers.remove(header::FORWARDED);
@@ -519,7 +519,8 @@ mod tests {
             for (k, v) in sent {
                 h.insert(*k, HeaderValue::from_static(v));
             }
-            let c = forwarded_headers(&mut h, peer.parse().unwrap(), &trusted, "http", "x", 8080);
+            let port = HeaderValue::from_static("8080");
+            let c = forwarded_headers(&mut h, peer.parse().unwrap(), &trusted, "http", "x", &port);
             (h, c)
         };
         let (h, c) = run("10.1.1.1", &[("x-forwarded-for", "1.2.3.4")]);

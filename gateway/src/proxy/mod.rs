@@ -36,9 +36,9 @@ use std::time::Instant;
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub scheme: &'static str,
-    /// The listener's port, for `X-Forwarded-Port`.
-    pub port: u16,
-    pub listener: Arc<str>,
+    /// The listener's port as `X-Forwarded-Port` sends it: made once per listener and shared
+    /// (a clone is a reference count, not a per-request allocation).
+    pub forwarded_port: HeaderValue,
     /// Set by [`crate::framing::FramingObserver`] when a request head had ambiguous framing
     /// (hyper resolves it silently, hiding it from us). The connection is then refused.
     pub ambiguous_framing: std::sync::atomic::AtomicBool,
@@ -47,12 +47,11 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, scheme: &'static str, port: u16, listener: Arc<str>) -> Self {
+    pub fn new(peer: SocketAddr, scheme: &'static str, forwarded_port: HeaderValue) -> Self {
         Self {
             peer,
             scheme,
-            port,
-            listener,
+            forwarded_port,
             ambiguous_framing: std::sync::atomic::AtomicBool::new(false),
             requests: crate::park::Requests::default(),
         }
@@ -188,7 +187,7 @@ async fn route_and_forward(
         &table.config.trusted_proxies,
         conn.scheme,
         &host,
-        conn.port,
+        &conn.forwarded_port,
     );
 
     // 5. Body limit: refuse early on a declared length, cap a streamed one.
