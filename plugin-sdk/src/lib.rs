@@ -143,6 +143,20 @@ pub mod bindings;
 #[cfg(target_arch = "wasm32")]
 use bindings as backend;
 
+#[cfg(any(test, all(feature = "allocator", target_arch = "wasm32")))]
+mod alloc;
+
+/// The guest's allocator (feature `allocator`, on by default; see [`alloc`]). Only where a
+/// guest has no threads, which the allocator relies on.
+#[cfg(all(
+    feature = "allocator",
+    target_arch = "wasm32",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: alloc::SizeClasses<std::alloc::System> =
+    alloc::SizeClasses::new(std::alloc::System);
+
 #[cfg(all(not(target_arch = "wasm32"), any(test, feature = "testing")))]
 pub mod testing;
 #[cfg(all(not(target_arch = "wasm32"), any(test, feature = "testing")))]
