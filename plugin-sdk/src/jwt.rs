@@ -117,6 +117,9 @@ impl Claims {
                 .collect::<Vec<_>>()
                 .join(" "),
             Value::Null => return None,
+            // Straight to text: `Value`'s Display goes through the JSON serializer.
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => if *b { "true" } else { "false" }.to_string(),
             other => other.to_string(),
         })
     }

@@ -166,17 +166,19 @@ fn groups(claims: &Claims, name: &str) -> Option<String> {
     Some(list.join(","))
 }
 
-fn claims_to_context(claims: &Claims, consumer_claim: &str, groups_claim: &str) {
+fn claims_to_context(claims: &Claims, scopes: &[String], consumer_claim: &str, groups_claim: &str) {
+    let mut key = String::from("jwt.");
     for (name, value) in &claims.0 {
         let scalar = matches!(
             value,
             Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Array(_)
         );
         if let (true, Some(text)) = (scalar, claims.display(name)) {
-            context::set(&format!("jwt.{name}"), &text);
+            key.truncate("jwt.".len());
+            key.push_str(name);
+            context::set(&key, &text);
         }
     }
-    let scopes = claims.scopes();
     if !scopes.is_empty() {
         context::set("jwt.scope", &scopes.join(" "));
     }
@@ -289,7 +291,7 @@ impl Policy for JwtAuth {
             .into();
         }
 
-        claims_to_context(&claims, &self.consumer_claim, &self.groups_claim);
+        claims_to_context(&claims, &scopes, &self.consumer_claim, &self.groups_claim);
         let mut edits = RequestEdits::default();
         for (claim, header) in &self.claims_to_headers {
             match claims.display(claim) {

@@ -171,7 +171,14 @@ impl RateLimit {
             (None, OnMissingKey::Allow) => return None,
         };
         Some(match self.scope {
-            Scope::Route => format!("route:{}|{key}", req.route),
+            Scope::Route => {
+                let mut scoped = String::with_capacity(7 + req.route.len() + key.len());
+                scoped.push_str("route:");
+                scoped.push_str(&req.route);
+                scoped.push('|');
+                scoped.push_str(&key);
+                scoped
+            }
             Scope::Global => key,
         })
     }
@@ -320,12 +327,15 @@ impl Policy for RateLimit {
             }
         }
         match (self.headers, tightest) {
-            (true, Some(d)) => RequestEdits::default()
-                .set_response_header("ratelimit-limit", &d.limit.to_string())
-                .set_response_header("ratelimit-remaining", &d.remaining.to_string())
-                .set_response_header("ratelimit-reset", &ceil_secs(d.reset).to_string())
-                .set_response_header("ratelimit-policy", &self.policy_header)
-                .into(),
+            (true, Some(d)) => {
+                let mut n = itoa::Buffer::new();
+                RequestEdits::default()
+                    .set_response_header("ratelimit-limit", n.format(d.limit))
+                    .set_response_header("ratelimit-remaining", n.format(d.remaining))
+                    .set_response_header("ratelimit-reset", n.format(ceil_secs(d.reset)))
+                    .set_response_header("ratelimit-policy", &self.policy_header)
+                    .into()
+            }
             _ => Action::next(),
         }
     }
