@@ -22,6 +22,10 @@ use std::sync::Arc;
 
 use weir_wasm_host::*;
 
+/// The gateway's allocator (`gateway/src/main.rs`), so host allocations cost what they do there.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const SECRET: &str = "weir-bench-hs256-secret-0123456789abcdef";
 
 fn token() -> String {
