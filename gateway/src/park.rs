@@ -265,13 +265,13 @@ fn write_coalesced<S: AsyncWrite + ?Sized>(
     if bufs.len() < 2 || total > COALESCE_MAX {
         return io.poll_write_vectored(cx, bufs);
     }
-    let mut joined = [0u8; COALESCE_MAX];
-    let mut at = 0;
+    // Inline and left uninitialised: a zeroed `[0u8; COALESCE_MAX]` cost a 4 KiB memset per
+    // write (8 % of the plain proxy's user-space instructions under callgrind).
+    let mut joined = smallvec::SmallVec::<[u8; COALESCE_MAX]>::new();
     for b in bufs {
-        joined[at..at + b.len()].copy_from_slice(b);
-        at += b.len();
+        joined.extend_from_slice(b);
     }
-    io.poll_write(cx, &joined[..at])
+    io.poll_write(cx, &joined)
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ParkIo<S> {

@@ -538,7 +538,7 @@ pub fn buffered_body(headers: &mut HeaderMap, b: bytes::Bytes) -> ProxyBody {
 /// a plugin may remove them but never set them. A plugin-set `Content-Length` that disagrees
 /// with the body makes hyper (release builds) write the header and the whole body: the peer
 /// then reads the rest as another message (request smuggling / response splitting).
-const GATEWAY_OWNED: [HeaderName; 8] = [
+static GATEWAY_OWNED: [HeaderName; 8] = [
     header::CONTENT_LENGTH,
     header::TRANSFER_ENCODING,
     header::CONNECTION,

@@ -13,8 +13,9 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
-/// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1). A `static`, not a
+/// `const`: a `const` array of `HeaderName`s is built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -26,7 +27,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Headers the gateway sets on every forwarded request; `Connection` cannot name them away.
-const GATEWAY_SET: [HeaderName; 5] = [
+static GATEWAY_SET: [HeaderName; 5] = [
     X_REQUEST_ID,
     TRACEPARENT,
     X_FORWARDED_FOR,
@@ -209,7 +210,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(n);
     }
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
     if keep_upgrade {

@@ -110,9 +110,55 @@ impl Drop for EpochTicker {
     }
 }
 
-struct RuntimeInner {
+/// The engine and its linker.
+struct Wasm {
     engine: Engine,
     linker: Linker<HostState>,
+}
+
+impl Wasm {
+    /// The engine (async, epochs, pooling allocator with copy-on-write memory images) and the
+    /// linker (restricted WASI p2 + the weir:policy capabilities).
+    fn build(max_instances: u32, max_memory_limit: u64) -> Result<Self, RuntimeError> {
+        let n = max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            // A Rust guest is one core instance plus wit-component shims; other toolchains more.
+            .total_core_instances(n.saturating_mul(4))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(4))
+            .total_stacks(n)
+            .max_memory_size(usize::try_from(max_memory_limit).unwrap_or(usize::MAX))
+            // Reset the first MiBs of a recycled slot with memset instead of madvise, so the
+            // next instance does not page-fault on its heap and stack (GUIDE §1: ~5x faster).
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(64 << 10)
+            // Linux ≥ 6.7: reset only the pages that were actually touched, instead of
+            // memsetting the whole kept-resident prefix on every instance (~45% of a fresh
+            // noop request before this).
+            .pagemap_scan(wasmtime::Enabled::Auto);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(engine_err)?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(engine_err)?;
+        Ok(Wasm { engine, linker })
+    }
+}
+
+struct RuntimeInner {
+    /// Built by the first plugin load: the pooling allocator reserves address space for every
+    /// instance slot up front (terabytes with the defaults), which a gateway without plugins has
+    /// no use for and which `ulimit -v` or valgrind refuse.
+    wasm: Mutex<Option<Arc<Wasm>>>,
+    max_instances: u32,
     services: Arc<Services>,
     metrics: RuntimeMetrics,
     cache_dir: Option<PathBuf>,
@@ -125,10 +171,21 @@ struct RuntimeInner {
 }
 
 impl RuntimeInner {
-    fn ensure_ticker(&self) -> Result<(), RuntimeError> {
+    /// The engine and linker, built on first use.
+    fn wasm(&self) -> Result<Arc<Wasm>, RuntimeError> {
+        let mut wasm = self.wasm.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = &*wasm {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(Wasm::build(self.max_instances, self.max_memory_limit)?);
+        *wasm = Some(w.clone());
+        Ok(w)
+    }
+
+    fn ensure_ticker(&self, engine: &Engine) -> Result<(), RuntimeError> {
         let mut ticker = self.ticker.lock().unwrap_or_else(|e| e.into_inner());
         if ticker.is_none() {
-            *ticker = Some(EpochTicker::start(self.engine.clone(), self.epoch_tick)?);
+            *ticker = Some(EpochTicker::start(engine.clone(), self.epoch_tick)?);
         }
         Ok(())
     }
@@ -153,42 +210,11 @@ fn engine_err(e: impl std::fmt::Display) -> RuntimeError {
 }
 
 impl PolicyRuntime {
-    /// Builds the engine (async, epochs, pooling allocator with copy-on-write memory images),
-    /// the linker (restricted WASI p2 + the weir:policy capabilities), and loads key sets.
+    /// Loads key sets and prepares the cache; the engine is built by the first plugin load.
     pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
         if cfg.epoch_tick.is_zero() {
             return Err(RuntimeError::Engine("epoch_tick must be > 0".into()));
         }
-        let n = cfg.max_instances.max(1);
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(n)
-            // A Rust guest is one core instance plus wit-component shims; other toolchains more.
-            .total_core_instances(n.saturating_mul(4))
-            .total_memories(n)
-            .total_tables(n.saturating_mul(4))
-            .total_stacks(n)
-            .max_memory_size(usize::try_from(cfg.max_memory_limit).unwrap_or(usize::MAX))
-            // Reset the first MiBs of a recycled slot with memset instead of madvise, so the
-            // next instance does not page-fault on its heap and stack (GUIDE §1: ~5x faster).
-            .linear_memory_keep_resident(4 << 20)
-            .table_keep_resident(64 << 10)
-            // Linux ≥ 6.7: reset only the pages that were actually touched, instead of
-            // memsetting the whole kept-resident prefix on every instance (~45% of a fresh
-            // noop request before this).
-            .pagemap_scan(wasmtime::Enabled::Auto);
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .memory_init_cow(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(engine_err)?;
-
-        let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
-        Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(engine_err)?;
-
         if let Some(dir) = &cfg.cache_dir {
             std::fs::create_dir_all(dir).map_err(|source| RuntimeError::CacheDir {
                 path: dir.clone(),
@@ -206,8 +232,8 @@ impl PolicyRuntime {
         });
         Ok(PolicyRuntime {
             inner: Arc::new(RuntimeInner {
-                engine,
-                linker,
+                wasm: Mutex::new(None),
+                max_instances: cfg.max_instances,
                 services,
                 metrics: RuntimeMetrics::default(),
                 cache_dir: cfg.cache_dir,
@@ -268,9 +294,12 @@ impl PolicyRuntime {
         let inner = &self.inner;
         validate_spec(spec, inner.max_memory_limit)
             .map_err(|e| fail(LoadErrorKind::InvalidSpec(e)))?;
+        let wasm = inner
+            .wasm()
+            .map_err(|e| fail(LoadErrorKind::Instantiate(e.to_string())))?;
         // Guests run from here on (`init` below): their CPU deadline needs the epoch to move.
         inner
-            .ensure_ticker()
+            .ensure_ticker(&wasm.engine)
             .map_err(|e| fail(LoadErrorKind::Instantiate(e.to_string())))?;
         let http_allow = spec
             .http_allow
@@ -283,7 +312,7 @@ impl PolicyRuntime {
             .await
             .map_err(|e| fail(LoadErrorKind::Read(e)))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let engine = inner.engine.clone();
+        let engine = wasm.engine.clone();
         let cache_dir = inner.cache_dir.clone();
         let key = sha256.clone();
         let component = tokio::task::spawn_blocking(move || {
@@ -293,8 +322,8 @@ impl PolicyRuntime {
         .map_err(|e| fail(LoadErrorKind::Compile(format!("compile task: {e}"))))?
         .map_err(|e| fail(LoadErrorKind::Compile(e)))?;
 
-        check_grants(&inner.engine, &component, spec).map_err(fail)?;
-        let pre = inner
+        check_grants(&wasm.engine, &component, spec).map_err(fail)?;
+        let pre = wasm
             .linker
             .instantiate_pre(&component)
             .map_err(|e| fail(LoadErrorKind::Instantiate(format!("{e:#}"))))?;
@@ -312,7 +341,7 @@ impl PolicyRuntime {
             services: inner.services.clone(),
         });
         let core = PluginCore::new(
-            inner.engine.clone(),
+            wasm.engine.clone(),
             pre,
             shared,
             spec,
