@@ -266,7 +266,7 @@ fn write_coalesced<S: AsyncWrite + ?Sized>(
         return io.poll_write_vectored(cx, bufs);
     }
     // Inline and left uninitialised: a zeroed `[0u8; COALESCE_MAX]` cost a 4 KiB memset per
-    // write (8 % of the plain proxy's user-space instructions under callgrind).
+    // write (benches/README.md, "Plain path instruction count").
     let mut joined = smallvec::SmallVec::<[u8; COALESCE_MAX]>::new();
     for b in bufs {
         joined.extend_from_slice(b);

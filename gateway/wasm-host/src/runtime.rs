@@ -155,8 +155,8 @@ impl Wasm {
 
 struct RuntimeInner {
     /// Built by the first plugin load: the pooling allocator reserves address space for every
-    /// instance slot up front (terabytes with the defaults), which a gateway without plugins has
-    /// no use for and which `ulimit -v` or valgrind refuse.
+    /// instance slot up front, which a gateway without plugins has no use for and which
+    /// valgrind (and a tight `ulimit -v`) refuse.
     wasm: Mutex<Option<Arc<Wasm>>>,
     max_instances: u32,
     services: Arc<Services>,
