@@ -113,7 +113,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for bound in bound_all {
         tasks.spawn(server::serve(gw.clone(), bound, rx.clone()));
     }
-    tasks.spawn(watch_files(gw.clone(), rx.clone()));
+    if let Some(w) = FileWatch::new(&gw) {
+        tasks.spawn(w.run(gw.clone(), rx.clone()));
+    }
     Ok(Running {
         gateway: gw,
         listeners,
@@ -144,60 +146,153 @@ fn watched_files(gw: &Gateway) -> HashSet<PathBuf> {
         .collect()
 }
 
-/// Watches the config and plugin files (notify, debounced) and reloads on change.
-async fn watch_files(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
-    use notify::{RecursiveMode, Watcher};
-    if gw.table().config.source.is_none() {
-        return;
+/// The config and plugin files under watch (notify). Set up before [`start`] returns, so a file
+/// changed right after start is not missed while a spawned task is still getting ready.
+struct FileWatch {
+    watcher: Box<dyn notify::Watcher + Send>,
+    /// The watcher is notify's polling one (inotify could not be set up or ran out of watches).
+    polling: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<PathBuf>,
+    events: tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+    files: HashSet<PathBuf>,
+    dirs: HashSet<PathBuf>,
+}
+
+/// How often the polling fallback looks at the watched directories.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sends the paths of every change, creation and removal to the reload loop.
+fn forward(
+    tx: tokio::sync::mpsc::UnboundedSender<PathBuf>,
+) -> impl FnMut(notify::Result<notify::Event>) + Send + 'static {
+    move |res| {
+        if let Ok(ev) = res
+            && (ev.kind.is_modify() || ev.kind.is_create() || ev.kind.is_remove())
+        {
+            for p in ev.paths {
+                let _ = tx.send(p);
+            }
+        }
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher = match notify::recommended_watcher(
-        move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res
-                && (ev.kind.is_modify() || ev.kind.is_create() || ev.kind.is_remove())
-            {
-                for p in ev.paths {
-                    let _ = tx.send(p);
+}
+
+fn poll_watcher(
+    tx: tokio::sync::mpsc::UnboundedSender<PathBuf>,
+) -> notify::Result<notify::PollWatcher> {
+    notify::PollWatcher::new(
+        forward(tx),
+        notify::Config::default().with_poll_interval(POLL_INTERVAL),
+    )
+}
+
+impl FileWatch {
+    /// `None` when there is no config file, or when no watcher at all can be made (then
+    /// SIGHUP and `POST /admin/reload` still reload).
+    fn new(gw: &Gateway) -> Option<FileWatch> {
+        gw.table().config.source.as_ref()?;
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+        let (watcher, polling): (Box<dyn notify::Watcher + Send>, bool) =
+            match notify::recommended_watcher(forward(tx.clone())) {
+                Ok(w) => (Box::new(w), false),
+                Err(e) => match poll_watcher(tx.clone()) {
+                    Ok(w) => {
+                        tracing::warn!(error = %e, "native file watcher unavailable; polling every second");
+                        (Box::new(w), true)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "file watcher unavailable; use SIGHUP or POST /admin/reload");
+                        return None;
+                    }
+                },
+            };
+        let mut w = FileWatch {
+            watcher,
+            polling,
+            tx,
+            events,
+            files: HashSet::new(),
+            dirs: HashSet::new(),
+        };
+        w.rewatch(gw);
+        Some(w)
+    }
+
+    /// Watches the directory of every file the current config uses (directories, so an atomic
+    /// rename over a file is seen). If the native watcher refuses one (the inotify watch limit),
+    /// every directory moves to the polling watcher rather than a file going unwatched.
+    fn rewatch(&mut self, gw: &Gateway) {
+        use notify::RecursiveMode;
+        self.files = watched_files(gw);
+        let new: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter_map(|f| f.parent())
+            .filter(|d| !self.dirs.contains(*d))
+            .map(PathBuf::from)
+            .collect();
+        for d in new {
+            match self.watcher.watch(&d, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.dirs.insert(d);
+                }
+                Err(e) if !self.polling => {
+                    tracing::warn!(dir = %d.display(), error = %e, "native file watcher refused a directory; polling every second");
+                    self.switch_to_polling();
+                    if self.watcher.watch(&d, RecursiveMode::NonRecursive).is_ok() {
+                        self.dirs.insert(d);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory");
                 }
             }
-        },
-    ) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "file watcher unavailable; use SIGHUP or POST /admin/reload");
-            return;
         }
-    };
-    let mut dirs: HashSet<PathBuf> = HashSet::new();
-    let mut files = watched_files(&gw);
-    let rewatch = |files: &HashSet<PathBuf>,
-                   dirs: &mut HashSet<PathBuf>,
-                   w: &mut notify::RecommendedWatcher| {
-        for f in files {
-            if let Some(d) = f.parent()
-                && dirs.insert(d.to_path_buf())
-                && let Err(e) = w.watch(d, RecursiveMode::NonRecursive)
-            {
-                tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory");
+    }
+
+    /// Replaces the native watcher by a polling one over the same directories.
+    fn switch_to_polling(&mut self) {
+        use notify::RecursiveMode;
+        match poll_watcher(self.tx.clone()) {
+            Ok(w) => {
+                self.watcher = Box::new(w);
+                self.polling = true;
+                let dirs = std::mem::take(&mut self.dirs);
+                for d in dirs {
+                    match self.watcher.watch(&d, RecursiveMode::NonRecursive) {
+                        Ok(()) => {
+                            self.dirs.insert(d);
+                        }
+                        Err(e) => {
+                            tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory")
+                        }
+                    }
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "polling file watcher unavailable"),
         }
-    };
-    rewatch(&files, &mut dirs, &mut watcher);
-    loop {
-        let first = tokio::select! {
-            p = rx.recv() => match p { Some(p) => p, None => return },
-            _ = shutdown.changed() => return,
-        };
-        let mut hit = files.contains(&std::fs::canonicalize(&first).unwrap_or(first));
-        // Debounce: editors and `cp` produce bursts of events.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            hit |= files.contains(&std::fs::canonicalize(&p).unwrap_or(p));
-        }
-        if hit {
-            let _ = gw.reload("file-watch").await;
-            files = watched_files(&gw);
-            rewatch(&files, &mut dirs, &mut watcher);
+    }
+
+    fn is_watched(&self, p: PathBuf) -> bool {
+        self.files.contains(&std::fs::canonicalize(&p).unwrap_or(p))
+    }
+
+    /// Reloads on change (debounced) until shutdown.
+    async fn run(mut self, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let first = tokio::select! {
+                p = self.events.recv() => match p { Some(p) => p, None => return },
+                _ = shutdown.changed() => return,
+            };
+            let mut hit = self.is_watched(first);
+            // Debounce: editors and `cp` produce bursts of events.
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+            while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+                hit |= self.is_watched(p);
+            }
+            if hit {
+                let _ = gw.reload("file-watch").await;
+                self.rewatch(&gw);
+            }
         }
     }
 }
