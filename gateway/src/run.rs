@@ -223,7 +223,8 @@ impl FileWatch {
     fn rewatch(&mut self, gw: &Gateway) {
         use notify::RecursiveMode;
         self.files = watched_files(gw);
-        let new: Vec<PathBuf> = self
+        // A set: files sharing a new directory watch it once.
+        let new: HashSet<PathBuf> = self
             .files
             .iter()
             .filter_map(|f| f.parent())
