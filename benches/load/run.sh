@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: Weir against nginx, HAProxy and the bare upstream, on this machine.
 #
-# Method (GUIDE.md §5): proxy under test pinned to CPU 0, wrk and the hyper hello upstream pinned to
-# CPU 1; contenders alternate A B C A B C … inside every round so that noise from the shared VM
-# spreads over all of them; each run gets a fresh proxy process and a warm-up; the report gives
+# Method (GUIDE.md §5): proxy under test pinned to CPU 0, the load generator (wrk; oha for TLS full
+# handshakes, see LOADGEN) and the hyper hello upstream pinned to CPU 1; contenders alternate
+# A B C A B C … inside every round so that noise from the shared VM spreads over all of them; each run gets a fresh proxy process and a warm-up; the report gives
 # medians with min–max. Past ~43k RPS the load side (CPU 1) is the bottleneck, so the proxy's CPU
 # time per 1,000 requests is the fair comparison there, and it is recorded for every run.
 #
@@ -34,6 +34,16 @@
 #               out: its config has maxconn 4096, and raising it was not tried (HAProxy asks for
 #               about two fds per connection; the hard fd limit here is 20,000).
 #   CERT_ALG    tls mode certificate: rsa (RSA-2048, default) | ec (ECDSA P-256)
+#   LOADGEN     auto (default) | wrk | oha — the load generator. auto: oha for "handshake", wrk
+#               for the rest. wrk's OpenSSL 3.0 client costs more per full handshake than the
+#               servers do with an ECDSA certificate (2026-12-07: wrk held nginx and Weir alike at
+#               ~2,170 handshakes/s while Weir used 135 CPU-µs per handshake, 0.3 of its core), so
+#               wrk, not the server, set that figure. oha (rustls; `cargo install`ed here into
+#               target/bench-tools/oha) reached 7,500+ against Weir on one core. Not for "resumed":
+#               against Weir, oha's connections did not all resume (RSA signing was 44 % of Weir's
+#               CPU in that run), so wrk stays there. oha offers X25519MLKEM768 first: Weir
+#               negotiates that hybrid (ML-KEM work on top of X25519), nginx on OpenSSL 3.0 X25519.
+#   OHA_BIN     oha binary (default: target/bench-tools/oha/bin/oha, installed when missing)
 #   NO_BUILD=1  do not run cargo (use the binaries already built)
 #   WEIR_BIN    gateway binary (default $CARGO_TARGET_DIR/release/weir, else target/release/weir)
 #   WEIR_ARGS   its arguments, @CONFIG@ replaced by the rendered config (default "run -c @CONFIG@")
@@ -71,6 +81,9 @@ PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/plugins/target/wasm32-wasip2/release}
 BENCH_TARGET=$ROOT/target/bench-tools
 UPSTREAM_BIN=$BENCH_TARGET/release/hello-upstream
 CLK_TCK=$(getconf CLK_TCK)
+LOADGEN=${LOADGEN:-auto}
+OHA_VERSION=1.16.0
+OHA_BIN=${OHA_BIN:-$BENCH_TARGET/oha/bin/oha}
 HMAC_SECRET="weir-bench-hs256-secret-0123456789abcdef"
 
 case "$MODE" in
@@ -97,6 +110,26 @@ for s in $SCENARIOS; do
         exit 2
     }
 done
+case "$LOADGEN" in
+auto | wrk | oha) ;;
+*)
+    echo "LOADGEN must be auto, wrk or oha, not '$LOADGEN'" >&2
+    exit 2
+    ;;
+esac
+# The load generator of one scenario.
+loadgen_for() {
+    if [[ $LOADGEN == auto ]]; then
+        [[ $1 == handshake ]] && echo oha || echo wrk
+    else
+        echo "$LOADGEN"
+    fi
+}
+uses_oha() {
+    local s
+    for s in $SCENARIOS; do [[ $(loadgen_for "$s") == oha ]] && return 0; done
+    return 1
+}
 # The scenario of the run in progress: the "handshake" one starts servers with resumption off.
 SCENARIO=""
 for c in $CONTENDERS; do
@@ -205,6 +238,11 @@ install_tools() {
     fi
     if [[ " $CONTENDERS " == *" haproxy "* ]] && ! command -v haproxy >/dev/null; then
         need+=(haproxy)
+    fi
+    if uses_oha && [[ ! -x $OHA_BIN ]]; then
+        log "installing oha $OHA_VERSION into $BENCH_TARGET/oha (cargo install, a few minutes)"
+        CARGO_TARGET_DIR=$BENCH_TARGET/oha-build cargo install oha --version "$OHA_VERSION" \
+            --locked --quiet --root "$BENCH_TARGET/oha" >&2
     fi
     ((${#need[@]})) || return 0
     log "installing ${need[*]}"
@@ -497,6 +535,34 @@ parse_wrk() {
     ' "$1"
 }
 
+# oha's JSON summary in the lines of wrk's output that parse_wrk reads. RPS = answered requests
+# over the run's time; requests cut off by the deadline (-z) are not errors; other oha errors
+# (refused, reset, TLS failures) count as socket errors, non-2xx statuses as non-2xx.
+oha_as_wrk() {
+    python3 - "$1" <<'PY'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except (OSError, ValueError) as e:
+    sys.exit(f"oha output unreadable: {e}")
+codes = d.get("statusCodeDistribution") or {}
+answered = sum(codes.values())
+non2xx = sum(n for code, n in codes.items() if not code.startswith(("2", "3")))
+errors = sum(n for what, n in (d.get("errorDistribution") or {}).items() if "deadline" not in what)
+total = d["summary"]["total"] or 1
+lat = d.get("latencyPercentiles") or {}
+ms = lambda v: f"{(v or 0) * 1000:.3f}ms"
+print(f"50% {ms(lat.get('p50'))}")
+print(f"99% {ms(lat.get('p99'))}")
+print(f"{answered} requests in {total:.2f}s")
+print(f"Requests/sec: {answered / total:.2f}")
+if non2xx:
+    print(f"Non-2xx or 3xx responses: {non2xx}")
+if errors:
+    print(f"Socket errors: connect {errors}, read 0, write 0, timeout 0")
+PY
+}
+
 run_one() {
     local round=$1 scenario=$2 conns=$3 c=$4
     local wrkf="$TMP/wrk-$round-$scenario-$conns-$c.txt" extra=()
@@ -504,14 +570,28 @@ run_one() {
     log "round $round $scenario c$conns $c ..."
     SCENARIO=$scenario
     start_contender "$c" || return 0
-    [[ $scenario == handshake || $scenario == resumed ]] && extra=(-H "Connection: close")
-    run_wait taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$WARMUP" "${WRK_HEADERS[@]}" "${extra[@]}" \
-        "$URL" >/dev/null || log "warm-up wrk failed"
-    local t0 t1
-    t0=$(proc_ticks "$PROXY_PID")
-    run_wait taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$DURATION" --latency \
-        "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >"$wrkf" || log "wrk failed: $(tail -n 3 "$wrkf")"
-    t1=$(proc_ticks "$PROXY_PID")
+    local gen t0 t1
+    gen=$(loadgen_for "$scenario")
+    if [[ $gen == oha ]]; then
+        # --disable-keepalive: a new connection (and `Connection: close`) for every request.
+        [[ $scenario == handshake || $scenario == resumed ]] && extra=(--disable-keepalive)
+        run_wait taskset -c "$LOAD_CPU" "$OHA_BIN" --no-tui --insecure -c "$conns" -z "$WARMUP" \
+            "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >/dev/null || log "warm-up oha failed"
+        t0=$(proc_ticks "$PROXY_PID")
+        run_wait taskset -c "$LOAD_CPU" "$OHA_BIN" --no-tui --insecure -c "$conns" -z "$DURATION" \
+            --output-format json "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >"$wrkf.json" ||
+            log "oha failed: $(tail -n 3 "$wrkf.json")"
+        t1=$(proc_ticks "$PROXY_PID")
+        oha_as_wrk "$wrkf.json" >"$wrkf"
+    else
+        [[ $scenario == handshake || $scenario == resumed ]] && extra=(-H "Connection: close")
+        run_wait taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$WARMUP" "${WRK_HEADERS[@]}" \
+            "${extra[@]}" "$URL" >/dev/null || log "warm-up wrk failed"
+        t0=$(proc_ticks "$PROXY_PID")
+        run_wait taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$DURATION" --latency \
+            "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >"$wrkf" || log "wrk failed: $(tail -n 3 "$wrkf")"
+        t1=$(proc_ticks "$PROXY_PID")
+    fi
     local rss_kb
     rss_kb=$(proc_hwm_kb "$PROXY_PID")
     stop_contender "$c"
@@ -616,18 +696,27 @@ main() {
         done
     fi
 
-    local meta="$TMP/meta.md" commit
+    local meta="$TMP/meta.md" commit s flags
     commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     git -C "$ROOT" diff --quiet HEAD -- gateway plugins 2>/dev/null || commit+=" (+ uncommitted changes)"
     {
         echo "# Weir load benchmark, MODE=$MODE, $(date '+%Y-%m-%d %H:%M %Z')"
         echo
-        echo "Generated by \`benches/load/run.sh\`. Proxy pinned to CPU $PROXY_CPU; wrk and hello-upstream"
-        echo "(${BODY_BYTES}-byte body) pinned to CPU $LOAD_CPU. \`wrk -t1 -cN -d$DURATION --latency\` after a $WARMUP"
+        echo "Generated by \`benches/load/run.sh\`. Proxy pinned to CPU $PROXY_CPU; the load generator and hello-upstream"
+        echo "(${BODY_BYTES}-byte body) pinned to CPU $LOAD_CPU. Each run $DURATION after a $WARMUP"
         echo "warm-up, each run on a fresh proxy process, contenders alternated within each of $ROUNDS round(s)."
+        for s in $SCENARIOS; do
+            if [[ $(loadgen_for "$s") == oha ]]; then
+                flags=""
+                [[ $s == handshake || $s == resumed ]] && flags=" --disable-keepalive"
+                echo "Scenario \"$s\": \`oha --no-tui --insecure -cN -z$DURATION --output-format json$flags\` ($("$OHA_BIN" --version 2>&1 | head -n1)); its p50/p99 cover the whole request, connection and TLS handshake included."
+            else
+                echo "Scenario \"$s\": \`wrk -t1 -cN -d$DURATION --latency\`; its p50/p99 start when the request is written (after the handshake)."
+            fi
+        done
         echo "Cells: median (min–max). CPU-ms / 1k req = proxy utime+stime per 1,000 requests (for"
         echo "\`direct\`: the upstream's own). Peak RSS = VmHWM summed over the proxy's processes."
-        [[ $MODE == tls ]] && echo "Scenarios \"handshake\" and \"resumed\": \`Connection: close\` on every request, so RPS = new TLS connections/s (certificate: ${CERT_ALG:-rsa}). wrk offers its last session on every reconnect: in \"handshake\" each server runs with session resumption off, so every connection is a full handshake; in \"resumed\" the servers keep their defaults and connections resume."
+        [[ $MODE == tls ]] && echo "Scenarios \"handshake\" and \"resumed\": \`Connection: close\` on every request, so RPS = new TLS connections/s (certificate: ${CERT_ALG:-rsa}). Both load generators offer their last session on reconnect: in \"handshake\" each server runs with session resumption off, so every connection is a full handshake; in \"resumed\" the servers keep their defaults and connections resume."
         echo
         echo "- commit: $commit; host: $(nproc) CPUs, $(uname -r)"
         [[ -n $WEIR_ENV ]] && echo "- Weir environment: \`$WEIR_ENV\`"
