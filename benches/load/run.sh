@@ -3,9 +3,10 @@
 #
 # Method (GUIDE.md §5): proxy under test pinned to CPU 0, the load generator (wrk; oha for TLS full
 # handshakes, see LOADGEN) and the hyper hello upstream pinned to CPU 1; contenders alternate
-# A B C A B C … inside every round so that noise from the shared VM spreads over all of them; each run gets a fresh proxy process and a warm-up; the report gives
-# medians with min–max. Past ~43k RPS the load side (CPU 1) is the bottleneck, so the proxy's CPU
-# time per 1,000 requests is the fair comparison there, and it is recorded for every run.
+# A B C A B C … inside every round so that noise from the shared VM spreads over all of them; each
+# run gets a fresh proxy process and a warm-up; the report gives medians with min–max. Past ~43k
+# RPS the load side (CPU 1) is the bottleneck, so the proxy's CPU time per 1,000 requests is the
+# fair comparison there, and it is recorded for every run.
 #
 # Usage:
 #   benches/load/run.sh                                  # everything, 5 rounds × 10 s × c64, c8
@@ -582,7 +583,8 @@ run_one() {
             --output-format json "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >"$wrkf.json" ||
             log "oha failed: $(tail -n 3 "$wrkf.json")"
         t1=$(proc_ticks "$PROXY_PID")
-        oha_as_wrk "$wrkf.json" >"$wrkf"
+        oha_as_wrk "$wrkf.json" >"$wrkf" ||
+            log "run $round $scenario c$conns $c: unreadable oha output in $wrkf.json"
     else
         [[ $scenario == handshake || $scenario == resumed ]] && extra=(-H "Connection: close")
         run_wait taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$WARMUP" "${WRK_HEADERS[@]}" \
