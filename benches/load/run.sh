@@ -564,36 +564,42 @@ if errors:
 PY
 }
 
+# One run of load generator GEN (wrk or oha) for DURATION against $URL in SCENARIO with CONNS
+# connections; its report, in wrk's text form, goes to OUT (/dev/null for a warm-up). The
+# new-connection scenarios close every connection after one request.
+load_run() {
+    local gen=$1 scenario=$2 conns=$3 duration=$4 out=$5 cmd=() close=0 raw
+    [[ $scenario == handshake || $scenario == resumed ]] && close=1
+    if [[ $gen == oha ]]; then
+        cmd=("$OHA_BIN" --no-tui --insecure -c "$conns" -z "$duration" --output-format json)
+        # A new connection (and `Connection: close`) for every request.
+        ((close)) && cmd+=(--disable-keepalive)
+    else
+        cmd=(wrk -t1 -c"$conns" -d"$duration" --latency)
+        ((close)) && cmd+=(-H "Connection: close")
+    fi
+    raw=$out
+    [[ $gen == oha && $out != /dev/null ]] && raw=$out.json
+    run_wait taskset -c "$LOAD_CPU" "${cmd[@]}" "${WRK_HEADERS[@]}" "$URL" >"$raw" ||
+        log "$gen failed: $(tail -n 3 "$raw")"
+    if [[ $raw != "$out" ]]; then
+        oha_as_wrk "$raw" >"$out" || log "unreadable oha output in $raw"
+    fi
+}
+
 run_one() {
     local round=$1 scenario=$2 conns=$3 c=$4
-    local wrkf="$TMP/wrk-$round-$scenario-$conns-$c.txt" extra=()
+    local wrkf="$TMP/wrk-$round-$scenario-$conns-$c.txt"
     [[ -z ${SKIP[$c]:-} ]] || return 0
     log "round $round $scenario c$conns $c ..."
     SCENARIO=$scenario
     start_contender "$c" || return 0
     local gen t0 t1
     gen=$(loadgen_for "$scenario")
-    if [[ $gen == oha ]]; then
-        # --disable-keepalive: a new connection (and `Connection: close`) for every request.
-        [[ $scenario == handshake || $scenario == resumed ]] && extra=(--disable-keepalive)
-        run_wait taskset -c "$LOAD_CPU" "$OHA_BIN" --no-tui --insecure -c "$conns" -z "$WARMUP" \
-            "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >/dev/null || log "warm-up oha failed"
-        t0=$(proc_ticks "$PROXY_PID")
-        run_wait taskset -c "$LOAD_CPU" "$OHA_BIN" --no-tui --insecure -c "$conns" -z "$DURATION" \
-            --output-format json "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >"$wrkf.json" ||
-            log "oha failed: $(tail -n 3 "$wrkf.json")"
-        t1=$(proc_ticks "$PROXY_PID")
-        oha_as_wrk "$wrkf.json" >"$wrkf" ||
-            log "run $round $scenario c$conns $c: unreadable oha output in $wrkf.json"
-    else
-        [[ $scenario == handshake || $scenario == resumed ]] && extra=(-H "Connection: close")
-        run_wait taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$WARMUP" "${WRK_HEADERS[@]}" \
-            "${extra[@]}" "$URL" >/dev/null || log "warm-up wrk failed"
-        t0=$(proc_ticks "$PROXY_PID")
-        run_wait taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$DURATION" --latency \
-            "${WRK_HEADERS[@]}" "${extra[@]}" "$URL" >"$wrkf" || log "wrk failed: $(tail -n 3 "$wrkf")"
-        t1=$(proc_ticks "$PROXY_PID")
-    fi
+    load_run "$gen" "$scenario" "$conns" "$WARMUP" /dev/null
+    t0=$(proc_ticks "$PROXY_PID")
+    load_run "$gen" "$scenario" "$conns" "$DURATION" "$wrkf"
+    t1=$(proc_ticks "$PROXY_PID")
     local rss_kb
     rss_kb=$(proc_hwm_kb "$PROXY_PID")
     stop_contender "$c"
@@ -601,7 +607,7 @@ run_one() {
     local rps p50 p99 reqs non2xx sockerr cpu
     IFS=$'\t' read -r rps p50 p99 reqs non2xx sockerr < <(parse_wrk "$wrkf")
     if [[ -z $reqs || $reqs == 0 ]]; then
-        log "run $round $scenario c$conns $c: wrk made no request; output in $wrkf"
+        log "run $round $scenario c$conns $c: the load generator made no request; output in $wrkf"
         return 0
     fi
     cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" \
@@ -718,7 +724,7 @@ main() {
         done
         echo "Cells: median (min–max). CPU-ms / 1k req = proxy utime+stime per 1,000 requests (for"
         echo "\`direct\`: the upstream's own). Peak RSS = VmHWM summed over the proxy's processes."
-        [[ $MODE == tls ]] && echo "Scenarios \"handshake\" and \"resumed\": \`Connection: close\` on every request, so RPS = new TLS connections/s (certificate: ${CERT_ALG:-rsa}). Both load generators offer their last session on reconnect: in \"handshake\" each server runs with session resumption off, so every connection is a full handshake; in \"resumed\" the servers keep their defaults and connections resume."
+        [[ $MODE == tls ]] && echo "Scenarios \"handshake\" and \"resumed\": \`Connection: close\` on every request, so RPS = new TLS connections/s (certificate: ${CERT_ALG:-rsa}). wrk and oha offer their last session on reconnect: in \"handshake\" each server runs with session resumption off, so every connection is a full handshake; in \"resumed\" the servers keep their defaults and connections resume."
         echo
         echo "- commit: $commit; host: $(nproc) CPUs, $(uname -r)"
         [[ -n $WEIR_ENV ]] && echo "- Weir environment: \`$WEIR_ENV\`"
