@@ -28,7 +28,9 @@
 #   DURATION    wrk measuring time per run (default 10s)      WARMUP   warm-up per run (default 2s)
 #   ROUNDS      rounds of alternated runs (default 5)         CONNS    connection counts ("64 8")
 #   CONTENDERS  subset of: direct nginx haproxy weir-plain weir-noop weir-chain weir-chain-scoped
-#               (tls: no direct)
+#               floor (tls: no direct, no floor). Not in the default set: floor, benches/floor-proxy,
+#               a minimal tokio + httparse proxy that measures what the per-request floor of a
+#               Tokio proxy is on this machine (benches/README.md), not a gateway.
 #   BODY_BYTES  upstream body size (default 1024)
 #   IDLE_CONNS  plain mode: after the rounds, memory of this many idle keep-alive connections for
 #               nginx and weir-plain (idle_conns.py; default 10000, 0 skips it). HAProxy is left
@@ -75,12 +77,14 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-18000}
 WEIR_PORT=${WEIR_PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
 HAPROXY_PORT=${HAPROXY_PORT:-18082}
+FLOOR_PORT=${FLOOR_PORT:-18083}
 WEIR_BIN=${WEIR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/weir}
 WEIR_ARGS=${WEIR_ARGS:-"run -c @CONFIG@"}
 WEIR_ENV=${WEIR_ENV:-}
 PLUGIN_DIR=${PLUGIN_DIR:-$ROOT/plugins/target/wasm32-wasip2/release}
 BENCH_TARGET=$ROOT/target/bench-tools
 UPSTREAM_BIN=$BENCH_TARGET/release/hello-upstream
+FLOOR_BIN=$BENCH_TARGET/release/floor-proxy
 CLK_TCK=$(getconf CLK_TCK)
 LOADGEN=${LOADGEN:-auto}
 OHA_VERSION=1.16.0
@@ -89,12 +93,14 @@ HMAC_SECRET="weir-bench-hs256-secret-0123456789abcdef"
 
 case "$MODE" in
 plain)
-    ALL_CONTENDERS="direct nginx haproxy weir-plain weir-noop weir-chain weir-chain-scoped"
+    ALL_CONTENDERS="direct nginx haproxy weir-plain weir-noop weir-chain weir-chain-scoped floor"
+    DEFAULT_CONTENDERS="direct nginx haproxy weir-plain weir-noop weir-chain weir-chain-scoped"
     ALL_SCENARIOS="keepalive"
     SCHEME=http
     ;;
 tls)
     ALL_CONTENDERS="nginx haproxy weir-plain weir-noop weir-chain weir-chain-scoped"
+    DEFAULT_CONTENDERS=$ALL_CONTENDERS
     ALL_SCENARIOS="keepalive handshake resumed"
     SCHEME=https
     ;;
@@ -103,7 +109,7 @@ tls)
     exit 2
     ;;
 esac
-CONTENDERS=${CONTENDERS:-$ALL_CONTENDERS}
+CONTENDERS=${CONTENDERS:-$DEFAULT_CONTENDERS}
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 for s in $SCENARIOS; do
     [[ " $ALL_SCENARIOS " == *" $s "* ]] || {
@@ -264,6 +270,11 @@ build() {
         log "building hello-upstream (release, target dir $BENCH_TARGET)"
         cargo build --release --quiet --manifest-path "$ROOT/benches/hello-upstream/Cargo.toml" \
             --target-dir "$BENCH_TARGET" >&2
+        if [[ " $CONTENDERS " == *" floor "* ]]; then
+            log "building floor-proxy (release, target dir $BENCH_TARGET)"
+            cargo build --release --quiet --manifest-path "$ROOT/benches/floor-proxy/Cargo.toml" \
+                --target-dir "$BENCH_TARGET" >&2
+        fi
         if wants_weir; then
             log "building weir (release)"
             if ! (cd "$ROOT" && cargo build --release --quiet -p weir >&2); then
@@ -275,6 +286,10 @@ build() {
         echo "missing $UPSTREAM_BIN (run without NO_BUILD=1)" >&2
         exit 1
     }
+    if [[ " $CONTENDERS " == *" floor "* && ! -x $FLOOR_BIN ]]; then
+        echo "missing $FLOOR_BIN (run without NO_BUILD=1)" >&2
+        exit 1
+    fi
     if wants_weir && [[ ! -x $WEIR_BIN ]]; then
         skip_all_weir "no gateway binary at $WEIR_BIN"
     fi
@@ -475,6 +490,11 @@ start_contender() {
         write_haproxy_conf
         taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy.cfg" >"$logf" 2>&1 &
         ;;
+    floor)
+        port=$FLOOR_PORT
+        taskset -c "$PROXY_CPU" "$FLOOR_BIN" --listen "127.0.0.1:$FLOOR_PORT" \
+            --upstream "127.0.0.1:$UPSTREAM_PORT" >"$logf" 2>&1 &
+        ;;
     weir-*)
         port=$WEIR_PORT
         cfg=$(render_weir_conf "$c") || {
@@ -665,7 +685,7 @@ main() {
     [[ $MODE == tls ]] && make_cert
 
     local p
-    for p in "$UPSTREAM_PORT" "$WEIR_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
+    for p in "$UPSTREAM_PORT" "$WEIR_PORT" "$NGINX_PORT" "$HAPROXY_PORT" "$FLOOR_PORT"; do
         if port_in_use "$p"; then
             echo "port $p is already in use on 127.0.0.1; set *_PORT to free ones" >&2
             exit 1
