@@ -726,7 +726,7 @@ main() {
 
     local meta="$TMP/meta.md" commit s flags
     commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    git -C "$ROOT" diff --quiet HEAD -- gateway plugins 2>/dev/null || commit+=" (+ uncommitted changes)"
+    git -C "$ROOT" diff --quiet HEAD -- gateway plugins benches/hello-upstream benches/floor-proxy 2>/dev/null || commit+=" (+ uncommitted changes)"
     {
         echo "# Weir load benchmark, MODE=$MODE, $(date '+%Y-%m-%d %H:%M %Z')"
         echo

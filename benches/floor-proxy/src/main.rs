@@ -2,17 +2,18 @@
 //!
 //! The load benchmark compares Weir (hyper + tokio) with nginx. Both spend most of each request in
 //! the kernel's loopback TCP path, which no user-space change removes. This program measures the
-//! rest: it does the same system calls per request as nginx and Weir (read the request, write it
-//! upstream, read the response, write it back) and, in user space, only what a proxy cannot skip:
-//! parse both heads with `httparse`, drop hop-by-hop headers, add `x-forwarded-for`, keep
-//! upstream connections alive in a pool. No routing, no timeouts, no metrics, no hardening
+//! rest: it makes the same reads and writes per request as nginx and Weir (read the request,
+//! write it upstream, read the response, write it back) and, in user space, only what a proxy
+//! cannot skip: parse both heads with `httparse`, drop hop-by-hop headers, add
+//! `x-forwarded-for`, keep upstream connections alive in a pool. No routing, no timeouts, no metrics, no hardening
 //! beyond refusing what it does not handle. It is a measuring instrument for `benches/README.md`,
 //! never a gateway.
 //!
-//! Handles: requests without a body; responses framed by `Content-Length` (or without a body).
-//! Anything else closes the connection.
+//! Handles: `GET` without a body; final responses framed by `Content-Length` (or 204/304).
+//! Anything else (other methods, 1xx, chunked or close-delimited bodies) closes the connection.
+//! `Connection: close` and HTTP/1.0 are honoured on both sides: such a connection is not reused.
 //!
-//! Usage: `floor-proxy --listen 127.0.0.1:18082 --upstream 127.0.0.1:18000`
+//! Usage: `floor-proxy --listen 127.0.0.1:18083 --upstream 127.0.0.1:18000`
 
 use std::cell::RefCell;
 use std::io;
@@ -41,6 +42,13 @@ struct Pool(RefCell<Vec<TcpStream>>);
 
 fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Whether a `Connection` header value asks to close.
+fn says_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -77,21 +85,25 @@ async fn read_head<T>(
 }
 
 /// Writes the upstream request for the head at the start of `inbuf` into `out`; returns the
-/// head's length, `None` while it is incomplete.
+/// head's length and whether the client closes after this exchange, `None` while incomplete.
 fn build_request(
     inbuf: &[u8],
     peer: &str,
     out: &mut Vec<u8>,
-) -> Result<Option<usize>, httparse::Error> {
+) -> Result<Option<(usize, bool)>, httparse::Error> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let n = match req.parse(inbuf)? {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(None),
     };
+    // Only GET: a HEAD response's Content-Length describes no bytes, other methods carry bodies.
+    if req.method != Some("GET") {
+        return Err(httparse::Error::Token);
+    }
+    let mut close = req.version == Some(0);
     out.clear();
-    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b"GET ");
     out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
@@ -101,6 +113,9 @@ fn build_request(
             return Err(httparse::Error::Status);
         }
         if is_hop_by_hop(h.name) {
+            if h.name.eq_ignore_ascii_case("connection") && says_close(h.value) {
+                close = true;
+            }
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -111,15 +126,19 @@ fn build_request(
     out.extend_from_slice(b"x-forwarded-for: ");
     out.extend_from_slice(peer.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
-    Ok(Some(n))
+    Ok(Some((n, close)))
 }
 
-/// Writes the client response head for the upstream head at the start of `rbuf` into `out`;
-/// returns the head's length and the body's.
-fn build_response(
-    rbuf: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<Option<(usize, usize)>, httparse::Error> {
+/// A parsed upstream response head.
+struct Head {
+    len: usize,
+    body: usize,
+    /// The upstream keeps the connection open after this response.
+    reusable: bool,
+}
+
+/// Writes the client response head for the upstream head at the start of `rbuf` into `out`.
+fn build_response(rbuf: &[u8], out: &mut Vec<u8>) -> Result<Option<Head>, httparse::Error> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let n = match resp.parse(rbuf)? {
@@ -127,7 +146,12 @@ fn build_response(
         httparse::Status::Partial => return Ok(None),
     };
     let code = resp.code.unwrap_or(502);
+    // An interim response would need another head read before the final one: out of scope.
+    if code < 200 {
+        return Err(httparse::Error::Status);
+    }
     let mut body = None;
+    let mut reusable = resp.version == Some(1);
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     // A status code has three digits (httparse checks).
@@ -150,6 +174,9 @@ fn build_response(
             if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 return Err(httparse::Error::HeaderValue);
             }
+            if h.name.eq_ignore_ascii_case("connection") && says_close(h.value) {
+                reusable = false;
+            }
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -158,13 +185,17 @@ fn build_response(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let no_body = code == 204 || code == 304 || (100..200).contains(&code);
-    match (body, no_body) {
-        (_, true) => Ok(Some((n, 0))),
-        (Some(len), false) => Ok(Some((n, len))),
+    let body = match (body, code == 204 || code == 304) {
+        (_, true) => 0,
+        (Some(len), false) => len,
         // Close-delimited bodies are out of scope.
-        (None, false) => Err(httparse::Error::HeaderValue),
-    }
+        (None, false) => return Err(httparse::Error::HeaderValue),
+    };
+    Ok(Some(Head {
+        len: n,
+        body,
+        reusable,
+    }))
 }
 
 /// One client connection: requests in sequence, each over a pooled upstream connection.
@@ -184,7 +215,9 @@ async fn serve(
             build_request(b, &peer, &mut reqbuf)
         })
         .await?;
-        let Some(n) = head else { return Ok(()) };
+        let Some((n, client_closes)) = head else {
+            return Ok(());
+        };
         inbuf.drain(..n);
 
         let taken = pool.0.borrow_mut().pop();
@@ -198,20 +231,25 @@ async fn serve(
         };
         up.write_all(&reqbuf).await?;
         rbuf.clear();
-        let (hlen, blen) = read_head(&mut up, &mut rbuf, |b| build_response(b, &mut out))
+        let head = read_head(&mut up, &mut rbuf, |b| build_response(b, &mut out))
             .await?
             .ok_or_else(|| bad("upstream closed"))?;
-        while rbuf.len() < hlen + blen {
-            rbuf.reserve(hlen + blen - rbuf.len());
+        let end = head.len + head.body;
+        while rbuf.len() < end {
+            rbuf.reserve(end - rbuf.len());
             if up.read_buf(&mut rbuf).await? == 0 {
                 return Err(bad("upstream closed mid-body"));
             }
         }
-        if rbuf.len() == hlen + blen {
+        // Reused only if nothing beyond this response was read and the upstream keeps it open.
+        if head.reusable && rbuf.len() == end {
             pool.0.borrow_mut().push(up);
         }
-        out.extend_from_slice(&rbuf[hlen..hlen + blen]);
+        out.extend_from_slice(&rbuf[head.len..end]);
         client.write_all(&out).await?;
+        if client_closes {
+            return Ok(());
+        }
     }
 }
 
