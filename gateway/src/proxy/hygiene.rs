@@ -370,9 +370,13 @@ pub fn request_id(headers: &mut HeaderMap) -> String {
 
 /// Appends the low `digits` hex digits of `v` (an even number), zero-padded: what `{:0Nx}`
 /// gives. This runs two or three times on every request; a byte at a time through a table of
-/// digit pairs, pushed as one slice, took ~1,500 fewer instructions per request than a `char`
-/// per digit (callgrind).
+/// digit pairs, pushed as one slice, took ~900 fewer instructions per proxied request than a
+/// `char` per digit (callgrind).
 fn push_hex(out: &mut String, v: u128, digits: usize) {
+    debug_assert!(
+        digits.is_multiple_of(2) && digits <= 32,
+        "whole bytes of a u128: {digits}"
+    );
     const PAIRS: [[u8; 2]; 256] = {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut t = [[0u8; 2]; 256];
