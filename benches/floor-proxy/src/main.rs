@@ -44,6 +44,14 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Appends one `name: value` header line.
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Whether a `Connection` header value asks to close.
 fn says_close(value: &[u8]) -> bool {
     value
@@ -118,14 +126,10 @@ fn build_request(
             }
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        push_header(out, h.name.as_bytes(), h.value);
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    out.extend_from_slice(peer.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    push_header(out, b"x-forwarded-for", peer.as_bytes());
+    out.extend_from_slice(b"\r\n");
     Ok(Some((n, close)))
 }
 
@@ -179,10 +183,7 @@ fn build_response(rbuf: &[u8], out: &mut Vec<u8>) -> Result<Option<Head>, httpar
             }
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        push_header(out, h.name.as_bytes(), h.value);
     }
     out.extend_from_slice(b"\r\n");
     let body = match (body, code == 204 || code == 304) {
