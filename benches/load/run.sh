@@ -264,13 +264,14 @@ install_tools() {
 declare -A SKIP=()
 
 wants_weir() { [[ " $CONTENDERS " == *" weir-"* ]]; }
+wants_floor() { [[ " $CONTENDERS " == *" floor "* ]]; }
 
 build() {
     if [[ $NO_BUILD != 1 ]]; then
         log "building hello-upstream (release, target dir $BENCH_TARGET)"
         cargo build --release --quiet --manifest-path "$ROOT/benches/hello-upstream/Cargo.toml" \
             --target-dir "$BENCH_TARGET" >&2
-        if [[ " $CONTENDERS " == *" floor "* ]]; then
+        if wants_floor; then
             log "building floor-proxy (release, target dir $BENCH_TARGET)"
             cargo build --release --quiet --manifest-path "$ROOT/benches/floor-proxy/Cargo.toml" \
                 --target-dir "$BENCH_TARGET" >&2
@@ -286,7 +287,7 @@ build() {
         echo "missing $UPSTREAM_BIN (run without NO_BUILD=1)" >&2
         exit 1
     }
-    if [[ " $CONTENDERS " == *" floor "* && ! -x $FLOOR_BIN ]]; then
+    if wants_floor && [[ ! -x $FLOOR_BIN ]]; then
         echo "missing $FLOOR_BIN (run without NO_BUILD=1)" >&2
         exit 1
     fi

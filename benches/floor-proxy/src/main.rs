@@ -24,16 +24,18 @@ use std::rc::Rc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Headers a proxy must not forward (RFC 9110 §7.6.1), lower-case.
-const HOP_BY_HOP: [&str; 8] = [
+/// Headers not forwarded, lower-case: the list Weir strips (`gateway/src/proxy/hygiene.rs`,
+/// RFC 9110 §7.6.1 plus the proxy authentication pair), so both do the same work here.
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "proxy-authorization",
 ];
 
 /// Idle upstream connections, newest last (the runtime is single-threaded: no lock).
