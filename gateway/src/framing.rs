@@ -158,9 +158,13 @@ impl<S> FramingObserver<S> {
 
     /// Decides what follows a complete head, and flags CL + TE.
     fn after_head(&self, head: &[u8]) -> State {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        // Not zeroed: filling 128 empty fields cost a third as much as the parse.
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+        let mut req = httparse::Request::new(&mut []);
+        if !matches!(
+            req.parse_with_uninit_headers(head, &mut headers),
+            Ok(httparse::Status::Complete(_))
+        ) {
             return State::Off;
         }
         let mut cl: Option<u64> = None;

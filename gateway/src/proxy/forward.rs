@@ -9,7 +9,7 @@ use crate::router;
 use crate::state::{Gateway, RouteRuntime};
 use crate::upstream::{Upstream, balancer::hash_bytes};
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -29,13 +29,6 @@ const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 fn declared_len(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 fn hash_key(
@@ -106,7 +99,7 @@ pub async fn send(
     } else {
         None
     };
-    let idempotent = idempotent(&parts.method);
+    let idempotent = crate::upstream::idempotent(&parts.method);
     let key = hash_key(upstream, &parts, facts);
     let mut started = Instant::now();
     let deadline = started + spec.timeout;

@@ -27,6 +27,10 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Headers the gateway sets on every forwarded request; `Connection` cannot name them away.
+/// Header fields the gateway may add to a forwarded request: [`GATEWAY_SET`], `X-Forwarded-Port`,
+/// and `Host` for an HTTP/2 client.
+pub const GATEWAY_SET_FIELDS: usize = GATEWAY_SET.len() + 2;
+
 static GATEWAY_SET: [HeaderName; 5] = [
     X_REQUEST_ID,
     TRACEPARENT,

@@ -2,6 +2,7 @@
 //! passive ejection and a concurrency cap (circuit breaker).
 
 pub mod balancer;
+pub mod h1;
 pub mod health;
 pub mod pool;
 
@@ -14,7 +15,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use pool::{Pool, Release, UpstreamBody};
+use pool::{HyperBody, Pool, Release};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -27,8 +28,13 @@ type HttpClient = Client<Connector, ProxyBody>;
 
 /// How requests reach an upstream's targets.
 enum Transport {
-    /// HTTP/1.1: a [`Pool`] of keep-alive connections per target.
-    Http1(Connector),
+    /// HTTP/1.1: [`Pool`]s of keep-alive connections per target. Requests without a body to
+    /// plain-HTTP targets run in their own task ([`h1`], on connections from `plain`); the rest
+    /// go through hyper's client.
+    Http1 {
+        connector: Connector,
+        plain: HttpConnector,
+    },
     /// HTTP/2: hyper-util's client, which multiplexes requests on one connection per target.
     Http2(Box<HttpClient>),
 }
@@ -40,6 +46,8 @@ pub enum SendError {
     Connect(#[source] BoxError),
     #[error("upstream connection failed")]
     Request(#[source] hyper::Error),
+    #[error("upstream exchange failed")]
+    H1(#[source] h1::Error),
     #[error(transparent)]
     Client(hyper_util::client::legacy::Error),
     #[error("cannot build upstream URI")]
@@ -54,7 +62,10 @@ impl SendError {
         match self {
             SendError::Connect(_) => true,
             SendError::Client(e) => e.is_connect(),
-            SendError::Request(_) | SendError::Uri(_) | SendError::NoTarget(_) => false,
+            SendError::Request(_)
+            | SendError::H1(_)
+            | SendError::Uri(_)
+            | SendError::NoTarget(_) => false,
         }
     }
 }
@@ -70,8 +81,9 @@ pub struct Target {
     /// `Host` for HTTP/1 requests that carry none (health checks): the authority without a
     /// default port.
     host_header: Option<HeaderValue>,
-    /// Idle HTTP/1.1 connections to this target.
-    pub pool: Arc<Pool>,
+    /// Idle HTTP/1.1 connections to this target: hyper's, and [`h1`]'s.
+    pub pool: Arc<Pool<SendRequest<ProxyBody>>>,
+    pub h1_pool: Arc<Pool<h1::Conn>>,
     pub weight: u32,
     /// Active health-check verdict (true until checks say otherwise).
     pub healthy: AtomicBool,
@@ -132,6 +144,7 @@ impl Upstream {
                     authority: t.url.authority().cloned(),
                     host_header: host_header(&t.url),
                     pool: Pool::new(spec.pool_max_idle, spec.pool_idle_timeout),
+                    h1_pool: Pool::new(spec.pool_max_idle, spec.pool_idle_timeout),
                     url: t.url.clone(),
                     weight: t.weight,
                     healthy: AtomicBool::new(true),
@@ -289,7 +302,9 @@ impl Upstream {
 
     /// Sends `req` (origin-form URI: path and query) to target `idx`. HTTP/1.1 requests take an
     /// idle pooled connection or open one; a reused connection that closed before the request
-    /// was written is replaced transparently, as hyper-util's client does.
+    /// was written is replaced transparently, as hyper-util's client does, and for requests
+    /// without a body (see [`request_h1`]) also one that closed after it, unanswered, for
+    /// idempotent methods.
     pub async fn request(
         &self,
         idx: usize,
@@ -298,7 +313,7 @@ impl Upstream {
         let Some(target) = self.targets.get(idx) else {
             return Err(SendError::NoTarget(idx));
         };
-        let connector = match &self.transport {
+        let (connector, plain) = match &self.transport {
             Transport::Http2(client) => {
                 let mut uri = http::uri::Parts::default();
                 uri.scheme = Some(target.scheme.clone());
@@ -306,14 +321,17 @@ impl Upstream {
                 uri.path_and_query = req.uri().path_and_query().cloned();
                 *req.uri_mut() = http::Uri::from_parts(uri).map_err(SendError::Uri)?;
                 let res = client.request(req).await.map_err(SendError::Client)?;
-                return Ok(res.map(|b| UpstreamBody::new(b, None)));
+                return Ok(res.map(|b| UpstreamBody::Left(HyperBody::new(b, None))));
             }
-            Transport::Http1(connector) => connector,
+            Transport::Http1 { connector, plain } => (connector, plain),
         };
         if !req.headers().contains_key(header::HOST)
             && let Some(h) = &target.host_header
         {
             req.headers_mut().insert(header::HOST, h.clone());
+        }
+        if target.scheme == http::uri::Scheme::HTTP && h1::eligible(&req) {
+            return request_h1(plain, target, &req).await;
         }
         let (parts, body) = req.into_parts();
         let (body, sent) = pool::track(body);
@@ -334,7 +352,7 @@ impl Upstream {
                     // After a protocol switch the connection belongs to the upgraded stream.
                     let release = (res.status() != http::StatusCode::SWITCHING_PROTOCOLS)
                         .then(|| Release::new(sender, target.pool.clone(), sent.clone()));
-                    return Ok(res.map(|b| UpstreamBody::new(b, release)));
+                    return Ok(res.map(|b| UpstreamBody::Left(HyperBody::new(b, release))));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
@@ -399,9 +417,10 @@ fn build_transport(spec: &UpstreamSpec) -> Result<Transport, BuildError> {
         None => builder,
     };
     if spec.protocol == UpstreamProtocol::Http1 {
-        return Ok(Transport::Http1(
-            builder.enable_http1().wrap_connector(http),
-        ));
+        return Ok(Transport::Http1 {
+            connector: builder.enable_http1().wrap_connector(http.clone()),
+            plain: http,
+        });
     }
     let connector = builder.enable_http2().wrap_connector(http);
     let mut cb = Client::builder(TokioExecutor::new());
@@ -416,7 +435,7 @@ fn build_transport(spec: &UpstreamSpec) -> Result<Transport, BuildError> {
 /// Closes pooled connections idle past `pool_idle_timeout` when no request comes to find them.
 /// Holds only a `Weak`, so it ends when a reload drops the upstream.
 pub fn spawn_pool_reaper(upstream: &Arc<Upstream>) {
-    if !matches!(upstream.transport, Transport::Http1(_)) {
+    if !matches!(upstream.transport, Transport::Http1 { .. }) {
         return;
     }
     let period = (upstream.spec.pool_idle_timeout / 2).max(Duration::from_millis(50));
@@ -430,6 +449,7 @@ pub fn spawn_pool_reaper(upstream: &Arc<Upstream>) {
             let Some(up) = weak.upgrade() else { return };
             for t in &up.targets {
                 t.pool.retire_idle();
+                t.h1_pool.retire_idle();
             }
         }
     });
@@ -459,3 +479,52 @@ async fn connect_http1(
     });
     Ok(sender)
 }
+
+/// Methods that may be sent again after a failure that could have reached the upstream
+/// (RFC 9110 §9.2.2).
+pub fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Sends a request without a body on an idle [`h1`] connection, or a new one. A reused
+/// connection that fails before any byte of a response is replaced: for every method when the
+/// request could not be written, for idempotent ones when it was. The upstream closed that
+/// connection while it was idle (a race [`Pool::take`] cannot see), and most likely never read it.
+/// Each retry drops a pooled connection, so the loop ends at the latest on a new one.
+async fn request_h1(
+    plain: &HttpConnector,
+    target: &Target,
+    req: &Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, SendError> {
+    let replayable = idempotent(req.method());
+    loop {
+        let (conn, reused) = match target.h1_pool.take() {
+            Some(c) => (c, true),
+            None => (Box::pin(connect_plain(plain, target)).await?, false),
+        };
+        match h1::send(conn, req, &target.h1_pool).await {
+            Ok(res) => return Ok(res.map(UpstreamBody::Right)),
+            Err(e) if reused && (e.is_unsent() || replayable && e.is_stale()) => continue,
+            Err(e) => return Err(SendError::H1(e)),
+        }
+    }
+}
+
+/// Opens a TCP connection to a plain-HTTP target, with the upstream's connect timeout and
+/// socket options.
+async fn connect_plain(plain: &HttpConnector, target: &Target) -> Result<h1::Conn, SendError> {
+    use tower_service::Service;
+    let mut plain = plain.clone();
+    let io = plain
+        .call(target.url.clone())
+        .await
+        .map_err(|e| SendError::Connect(Box::new(e)))?;
+    Ok(h1::Conn::new(io.into_inner()))
+}
+
+/// A response body from either HTTP/1.1 client: hyper's (`Left`) or [`h1`]'s (`Right`).
+pub type UpstreamBody = http_body_util::Either<HyperBody, h1::H1Body>;

@@ -3,8 +3,9 @@
 //! hyper-util's general client keys a shared pool by scheme and authority, races a checkout
 //! against a lazy connect and wraps every request in several layers of futures; its bookkeeping
 //! was about 5 % of the plain proxy's CPU. Weir already knows the target of each try, so each
-//! target keeps its own stack of idle senders, and a connection goes back on the stack when its
-//! response body has been read to the end (see [`UpstreamBody`]).
+//! target keeps its own stacks of idle connections (hyper senders, and the sockets of
+//! [`super::h1`]), and a connection goes back on its stack when its response body has been read
+//! to the end (see [`HyperBody`]).
 
 use crate::body::{BoxError, ProxyBody};
 use bytes::Bytes;
@@ -18,21 +19,33 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// A connection that can wait in a [`Pool`].
+pub trait Reusable {
+    /// The connection can no longer carry a request (closed by the peer, or unusable).
+    fn is_closed(&self) -> bool;
+}
+
+impl Reusable for SendRequest<ProxyBody> {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
 /// An idle connection, ready for its next request.
-struct Idle {
-    sender: SendRequest<ProxyBody>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
 /// The idle connections of one target. Newest at the back: reusing the warmest connection keeps
 /// the others idle long enough for the upstream (or `idle_timeout`) to retire them.
-pub struct Pool {
-    idle: Mutex<VecDeque<Idle>>,
+pub struct Pool<C> {
+    idle: Mutex<VecDeque<Idle<C>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
-impl Pool {
+impl<C: Reusable> Pool<C> {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(VecDeque::new()),
@@ -42,11 +55,11 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and young enough.
-    pub fn take(&self) -> Option<SendRequest<ProxyBody>> {
+    pub fn take(&self) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = idle.pop_back() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.sender);
+            if !c.conn.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.conn);
             }
         }
         None
@@ -54,22 +67,22 @@ impl Pool {
 
     /// Puts a connection whose last response was read to the end back for reuse, and retires
     /// the ones idle for longer than `idle_timeout`.
-    fn put(&self, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() || self.max_idle == 0 {
+    pub fn put(&self, conn: C) {
+        if conn.is_closed() || self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         self.retire_expired(&mut idle, now);
         if idle.len() >= self.max_idle {
-            // Full: the oldest goes (dropping its sender closes the connection).
+            // Full: the oldest goes (dropping it closes the connection).
             idle.pop_front();
         }
-        idle.push_back(Idle { sender, since: now });
+        idle.push_back(Idle { conn, since: now });
     }
 
     /// Closes the connections idle for `idle_timeout` or longer (oldest first, at the front).
-    fn retire_expired(&self, idle: &mut VecDeque<Idle>, now: Instant) {
+    fn retire_expired(&self, idle: &mut VecDeque<Idle<C>>, now: Instant) {
         while idle
             .front()
             .is_some_and(|c| now.duration_since(c.since) >= self.idle_timeout)
@@ -121,12 +134,16 @@ pub fn track(body: ProxyBody) -> (ProxyBody, Sent) {
 /// Gives a connection back to its pool once the exchange on it is complete.
 pub struct Release {
     sender: SendRequest<ProxyBody>,
-    pool: Arc<Pool>,
+    pool: Arc<Pool<SendRequest<ProxyBody>>>,
     sent: Sent,
 }
 
 impl Release {
-    pub fn new(sender: SendRequest<ProxyBody>, pool: Arc<Pool>, sent: Sent) -> Self {
+    pub fn new(
+        sender: SendRequest<ProxyBody>,
+        pool: Arc<Pool<SendRequest<ProxyBody>>>,
+        sent: Sent,
+    ) -> Self {
         Self { sender, pool, sent }
     }
 }
@@ -141,9 +158,10 @@ impl AtEnd for Release {
     }
 }
 
-/// An upstream response body that returns its connection to the pool at its end. A body dropped
-/// early (client gone, error) drops the sender instead, and hyper closes that connection.
-pub type UpstreamBody = OnEnd<Incoming, Release>;
+/// A response body from hyper's client that returns its connection to the pool at its end. A
+/// body dropped early (client gone, error) drops the sender instead, and hyper closes that
+/// connection.
+pub type HyperBody = OnEnd<Incoming, Release>;
 
 /// What to do once a body has produced its last frame.
 pub trait AtEnd {
