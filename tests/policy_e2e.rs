@@ -856,3 +856,49 @@ async fn pool_max_uses_recycles_pooled_instances() {
         gw.shutdown().await;
     }
 }
+
+/// `[runtime] max_instances` bounds the Wasm instance slots: a `request`-isolation session
+/// holds its slot until its response is done, so with one slot a second request that arrives
+/// meanwhile finds none (the plugin fails, closed: 503), and with two it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_instances_bounds_concurrent_instances() {
+    let up = TestUpstream::start("echo").await;
+    let add = toml_path(&fixture("add_header"));
+    let toml = |slots: u32| {
+        format!(
+            "{pre}\n[runtime]\nmax_instances = {slots}\n\n[[routes]]\nname = \"r\"\n\
+             match = {{ path_prefix = \"/\" }}\nupstream = \"echo\"\n\
+             plugins = [{{ name = \"add\", wasm = {add}, isolation = \"request\", \
+             config = {{ header = \"x-isolated\", value = \"yes\" }} }}]\n",
+            pre = preamble(&up.url()),
+        )
+    };
+    for (slots, second) in [(1, 503), (2, 200)] {
+        let gw = TestGateway::start(&toml(slots)).await;
+        let c = TestClient::new();
+        // The upstream holds `/slow` for 2 s, and the first session its slot with it.
+        let first = tokio::spawn({
+            let (c, url) = (c.clone(), gw.url("/slow"));
+            async move { c.get(&url).await.status }
+        });
+        let t0 = Instant::now();
+        while up.in_flight.load(Ordering::SeqCst) == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "first request never reached the upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = c.get(&gw.url("/fast")).await;
+        assert_eq!(r.status, second, "max_instances = {slots}: {}", r.text());
+        if second == 503 {
+            assert_policy_failed(&r, "add", "internal");
+        }
+        assert_eq!(
+            first.await.unwrap(),
+            200,
+            "max_instances = {slots}: first request"
+        );
+        gw.shutdown().await;
+    }
+}

@@ -217,6 +217,9 @@ timeout = "soon"
 name = "users"
 match = { path_prefix = "/u2" }
 upstream = "app"
+
+[runtime]
+max_instances = 20000
 "#;
 
 /// Runs `weir validate -c path` with the binary, expects exit 1 and returns its stderr.
@@ -271,6 +274,7 @@ const EXPECTED: &[(&str, &str, usize, &str)] = &[
     // Found although the same route's regex is already wrong.
     ("routes[2].timeout", "\"soon\"", 0, "invalid duration"),
     ("routes[3].name", "\"users\"", 1, "duplicate route name"),
+    ("runtime.max_instances", "20000", 0, "between 1 and 10000"),
 ];
 
 /// 1-based line and column of the `n`th (0-based) occurrence of `needle` in `text`.

@@ -89,6 +89,7 @@ impl Runtime {
         let mut cfg = host::RuntimeConfig {
             cache_dir: config.runtime.cache_dir.clone().or_else(default_cache_dir),
             key_sets: key_set_specs(config),
+            max_instances: config.runtime.max_instances,
             ..host::RuntimeConfig::default()
         };
         let cluster = config

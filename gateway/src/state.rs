@@ -204,6 +204,9 @@ impl Gateway {
             if config.runtime.cache_dir != current.config.runtime.cache_dir {
                 start_only.push("[runtime] cache_dir");
             }
+            if config.runtime.max_instances != current.config.runtime.max_instances {
+                start_only.push("[runtime] max_instances");
+            }
             // Limits a listener applies to its connections, set when it starts.
             let (new, old) = (&config.limits, &current.config.limits);
             if new.max_request_head != old.max_request_head

@@ -15,6 +15,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Wasm instance slots by default (`[runtime] max_instances`).
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// Each slot reserves its own linear-memory address range (4 GiB plus guard pages on 64-bit), so
+/// 10,000 slots already reserve ~40 TiB of the 128 TiB a Linux process can address.
+const MAX_INSTANCES_CAP: u32 = 10_000;
+
 /// One problem found in a config file.
 #[derive(Debug, Clone)]
 pub struct ConfigError {
@@ -477,6 +483,17 @@ impl Validator<'_> {
                 }
                 Some(n) => n,
                 None => 10_000,
+            },
+            max_instances: match raw.runtime.as_ref().and_then(|r| r.max_instances) {
+                Some(n) if !(1..=MAX_INSTANCES_CAP).contains(&n) => {
+                    self.err(
+                        &root.key("runtime").key("max_instances"),
+                        format!("max_instances must be between 1 and {MAX_INSTANCES_CAP}"),
+                    );
+                    1
+                }
+                Some(n) => n,
+                None => DEFAULT_MAX_INSTANCES,
             },
         };
         let cluster = raw

@@ -253,6 +253,8 @@ pub struct LogSettings {
 pub struct RuntimeSettings {
     pub cache_dir: Option<PathBuf>,
     pub pool_max_uses: u64,
+    /// Instance slots of the Wasm pooling allocator (`[runtime] max_instances`).
+    pub max_instances: u32,
 }
 
 /// `[cluster]`: rate limits and kv shared by every instance through Redis (see `crate::cluster`).

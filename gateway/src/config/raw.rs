@@ -215,6 +215,7 @@ pub struct RawLog {
 pub struct RawRuntime {
     pub cache_dir: Option<String>,
     pub pool_max_uses: Option<u64>,
+    pub max_instances: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
