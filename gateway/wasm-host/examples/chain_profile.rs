@@ -10,6 +10,9 @@
 //!     target/release/examples/chain_profile 2000
 //! ```
 //!
+//! `CHAIN_PROFILE_EVICT_KIB=N` writes over N KiB before each request (not timed), as the
+//! gateway's network path does between two requests.
+//!
 //! Divide the collected instructions by the count. The pool is sized for valgrind (it cannot
 //! reserve the gateway's default slots) and the epoch tick is an hour; the per-call path is the
 //! gateway's.
@@ -77,10 +80,23 @@ fn request(plugin: &LoadedPlugin, headers: &[(String, String)]) -> PolicyRequest
     }
 }
 
-/// One request through the chain, `n` times.
-async fn chain_requests(chain: &[Arc<LoadedPlugin>], headers: &[(String, String)], n: u64) -> u64 {
+/// One request through the chain, `n` times; returns the requests that passed and the time
+/// spent in the chain. Before each request, `evict` (if not empty) is written over, one byte
+/// per cache line: in the gateway the kernel's network path and the proxy's own work run
+/// between two requests and push the plugins' code and memory out of the caches.
+async fn chain_requests(
+    chain: &[Arc<LoadedPlugin>],
+    headers: &[(String, String)],
+    n: u64,
+    evict: &mut [u8],
+) -> (u64, std::time::Duration) {
     let mut passed = 0;
-    for _ in 0..n {
+    let mut busy = std::time::Duration::ZERO;
+    for i in 0..n {
+        for line in evict.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(i as u8);
+        }
+        let t = std::time::Instant::now();
         let mut cx = RequestContext::new();
         let mut sessions: Vec<PluginSession> = chain.iter().map(|p| p.session()).collect();
         let mut ok = true;
@@ -88,9 +104,11 @@ async fn chain_requests(chain: &[Arc<LoadedPlugin>], headers: &[(String, String)
             let action = s.on_request(&mut cx, request(p, headers)).await;
             ok &= matches!(action, Ok(Action::Continue(_)));
         }
+        drop(sessions);
+        busy += t.elapsed();
         passed += u64::from(ok);
     }
-    passed
+    (passed, busy)
 }
 
 /// [`chain_requests`] to completion; out of line so callgrind can collect it alone.
@@ -100,8 +118,9 @@ fn run_chain(
     chain: &[Arc<LoadedPlugin>],
     headers: &[(String, String)],
     n: u64,
-) -> u64 {
-    rt.block_on(chain_requests(chain, headers, n))
+    evict: &mut [u8],
+) -> (u64, std::time::Duration) {
+    rt.block_on(chain_requests(chain, headers, n, evict))
 }
 
 fn main() {
@@ -164,12 +183,16 @@ fn main() {
         .collect();
     let headers = wire_headers(&token());
     // Warm-up outside `run_chain`: one-time work (clock calibration, first instances) is not counted.
-    rt.block_on(chain_requests(&chain, &headers, 50));
-    let started = std::time::Instant::now();
-    let passed = run_chain(&rt, &chain, &headers, n);
-    let per = started.elapsed() / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    rt.block_on(chain_requests(&chain, &headers, 50, &mut []));
+    let evict_kib: usize = std::env::var("CHAIN_PROFILE_EVICT_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut evict = vec![0u8; evict_kib * 1024];
+    let (passed, busy) = run_chain(&rt, &chain, &headers, n, &mut evict);
+    let per = busy / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
     assert_eq!(passed, n, "every request passes the chain");
-    println!("{n} requests through the chain, {per:?} each");
+    println!("{n} requests through the chain, {per:?} each (caches evicted: {evict_kib} KiB)");
     // Where the compiled plugins are mapped, to name the guest functions of a callgrind profile
     // (valgrind does not read the symbols of the `.cwasm` files: add a symbol's value and the
     // `.text` offset from `readelf -S` to the mapping's start).
