@@ -180,7 +180,7 @@ fn listen_on_port_zero(text: &str) -> String {
         .join("\n")
 }
 
-/// A config with eight independent mistakes (no syntax or unknown-key error, which stop parsing).
+/// A config with ten independent mistakes (no syntax or unknown-key error, which stop parsing).
 const BROKEN: &str = r#"version = 1
 
 [[listeners]]

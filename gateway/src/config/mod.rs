@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Wasm instance slots by default (`[runtime] max_instances`).
-pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// Wasm instance slots by default (`[runtime] max_instances`), as `weir_wasm_host::RuntimeConfig`.
+const DEFAULT_MAX_INSTANCES: u32 = 1000;
 /// Each slot reserves its own linear-memory address range (4 GiB plus guard pages on 64-bit), so
 /// 10,000 slots already reserve ~40 TiB of the 128 TiB a Linux process can address.
 const MAX_INSTANCES_CAP: u32 = 10_000;
