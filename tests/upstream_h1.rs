@@ -431,3 +431,38 @@ async fn response_heads_over_64_kib_are_a_502() {
         assert_eq!(r.status, want, "a {size}-byte header: {}", r.text());
     }
 }
+
+/// An upstream that closes every request unanswered (a crash, nginx's `444`) gets a reused
+/// connection's request once more, on a new connection, not once per idle connection.
+#[tokio::test]
+async fn a_request_closed_unanswered_is_resent_once_not_per_idle_connection() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    // Three slow answers at once leave three idle connections; then every request is dropped.
+    let up = ScriptedUpstream::answering(vec![
+        Answer::Trickle(OK),
+        Answer::Trickle(OK),
+        Answer::Trickle(OK),
+        Answer::Hangup,
+    ])
+    .await;
+    let gw = gateway(&up).await;
+    let client = TestClient::new();
+    let urls: Vec<String> = (0..3).map(|i| gw.url(&format!("/{i}"))).collect();
+    let warm = futures::future::join_all(urls.iter().map(|u| client.get(u)));
+    for r in warm.await {
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        up.connections(),
+        3,
+        "the warm-up left three idle connections"
+    );
+    let r = client.get(&gw.url("/dropped")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let sent = up
+        .heads()
+        .iter()
+        .filter(|h| h.starts_with("GET /dropped"))
+        .count();
+    assert_eq!(sent, 2, "a pooled connection, then a new one");
+}

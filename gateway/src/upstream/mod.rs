@@ -491,18 +491,20 @@ pub fn idempotent(m: &http::Method) -> bool {
 }
 
 /// Sends a request without a body on an idle [`h1`] connection, or a new one. A reused
-/// connection that fails before any byte of a response is replaced: for every method when the
-/// request could not be written, for idempotent ones when it was. The upstream closed that
-/// connection while it was idle (a race [`Pool::take`] cannot see), and most likely never read it.
-/// Each retry drops a pooled connection, so the loop ends at the latest on a new one.
+/// connection that fails before any byte of a response is replaced once, by a new connection:
+/// for every method when the request could not be written, for idempotent ones when it was. The
+/// upstream most likely closed that connection while it was idle (a race [`Pool::take`] cannot
+/// see) and never read the request; an upstream that drops every request unanswered gets it
+/// twice, not once per idle connection.
 async fn request_h1(
     plain: &HttpConnector,
     target: &Target,
     req: &Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let replayable = idempotent(req.method());
+    let mut pooled = target.h1_pool.take();
     loop {
-        let (conn, reused) = match target.h1_pool.take() {
+        let (conn, reused) = match pooled.take() {
             Some(c) => (c, true),
             None => (Box::pin(connect_plain(plain, target)).await?, false),
         };
