@@ -243,6 +243,9 @@ async fn ambiguous_chunk_lines_cut_the_body() {
         &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n\r\n\r\n"[..],
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;x\nyz\r\nabc\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+        // Bare LFs in the trailer section: its end, or a field's.
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx: 1\n\r\n",
     ] {
         let up = ScriptedUpstream::start(&[bad]).await;
         // A route timeout longer than the wait below: a body that stalled instead of failing
@@ -267,6 +270,26 @@ async fn ambiguous_chunk_lines_cut_the_body() {
             x.text()
         );
     }
+}
+
+/// A 204 or 304 that declares a body may send it after its head, where the next request's
+/// response would be read: such a connection is not reused (one without a length is).
+#[tokio::test]
+async fn no_content_responses_that_declare_a_body_retire_the_connection() {
+    let up = ScriptedUpstream::start(&[
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 4\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
+    let gw = gateway(&up).await;
+    let client = TestClient::new();
+    for (path, status) in [("/a", 204), ("/b", 304), ("/c", 204), ("/d", 200)] {
+        assert_eq!(client.get(&gw.url(path)).await.status, status, "{path}");
+    }
+    // The first two each closed their connection; the third kept its own for the fourth.
+    assert_eq!(up.connections(), 3, "{:?}", up.heads());
 }
 
 #[tokio::test]

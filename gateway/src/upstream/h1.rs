@@ -178,12 +178,16 @@ pub async fn send(
             }
             continue;
         }
-        let bodyless = *req.method() == Method::HEAD
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED;
+        let head = *req.method() == Method::HEAD;
+        let no_content =
+            parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
+        // A 204 or 304 that declares a body may send it anyway, after this head: its bytes
+        // would be read as the next response's head, so the connection is not reused.
+        let declares_body = matches!(state, State::ChunkSize | State::Length(1..));
         let (state, keep_alive) = match state {
+            _ if !head && no_content && declares_body => (State::Length(0), false),
             // Without a body, a close-delimited framing does not end the connection.
-            _ if bodyless => (State::Length(0), keep_alive),
+            _ if head || no_content => (State::Length(0), keep_alive),
             State::Close => (State::Close, false),
             s => (s, keep_alive),
         };
@@ -513,6 +517,13 @@ impl H1Body {
                 match httparse::parse_headers(buf, &mut fields) {
                     Ok(httparse::Status::Complete((used, _))) if used > MAX_HEAD => {
                         Step::Fail(Error::HeadTooLarge)
+                    }
+                    // httparse ends lines at a bare LF too; another hop may not.
+                    Ok(httparse::Status::Complete((used, _)))
+                        if memchr::memchr_iter(b'\n', buf.get(..used).unwrap_or_default())
+                            .any(|i| i == 0 || buf.get(i - 1) != Some(&b'\r')) =>
+                    {
+                        Step::Fail(Error::Invalid("trailer section line without CRLF"))
                     }
                     Ok(httparse::Status::Complete((used, fields))) => {
                         let mut trailers = HeaderMap::with_capacity(fields.len());
